@@ -1,0 +1,10 @@
+"""Datasets, samplers and transforms. Importing this package registers all of them (the
+registry's ``locations`` point here)."""
+from . import transforms  # noqa: F401  (registers the transforms)
+from .coco import CocoDataset, distinct_palette, read_coco_json
+from .samplers import AspectRatioBatchSampler
+from .shapes import SHAPE_CLASSES, ShapesDataset, generate_shapes_dataset, shapes_dataset_ready
+
+__all__ = ['AspectRatioBatchSampler', 'CocoDataset', 'SHAPE_CLASSES', 'ShapesDataset',
+           'distinct_palette', 'generate_shapes_dataset', 'read_coco_json',
+           'shapes_dataset_ready']

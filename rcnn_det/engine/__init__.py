@@ -1,0 +1,7 @@
+from .checkpoint import checkpoint_safe_globals, register_checkpoint_safe_globals
+from .config_check import check_config
+from .hooks import *  # noqa: F401,F403
+
+register_checkpoint_safe_globals()
+
+__all__ = ['check_config', 'checkpoint_safe_globals', 'register_checkpoint_safe_globals']

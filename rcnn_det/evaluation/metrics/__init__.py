@@ -1,0 +1,5 @@
+"""Evaluation metrics (registered in rcnn_det's METRICS)."""
+from .coco_metric import CocoMetric
+from .dump_det_results import DumpDetResults
+
+__all__ = ['CocoMetric', 'DumpDetResults']

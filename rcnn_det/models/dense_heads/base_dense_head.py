@@ -1,0 +1,34 @@
+"""``BaseDenseHead``: the interface every dense (per-location) head offers the detectors."""
+from __future__ import annotations
+
+from abc import ABCMeta, abstractmethod
+
+from mmengine.model import BaseModule
+from mmengine.structures import InstanceData
+from torch import Tensor
+
+from rcnn_det.structures import SampleList
+
+
+class BaseDenseHead(BaseModule, metaclass=ABCMeta):
+    """mmdetection's dense-head interface; holds no algorithm.
+
+    loss(x, batch_data_samples) -> dict of losses
+    predict(x, batch_data_samples, rescale) -> list of InstanceData, one per image
+    loss_and_predict(x, batch_data_samples, proposal_cfg) -> (losses, predictions), sharing one
+        forward pass (the RPN in training).
+    """
+
+    @abstractmethod
+    def loss(self, x: tuple[Tensor, ...], batch_data_samples: SampleList) -> dict:
+        ...
+
+    @abstractmethod
+    def predict(self, x: tuple[Tensor, ...], batch_data_samples: SampleList,
+                rescale: bool = False) -> list[InstanceData]:
+        ...
+
+    @abstractmethod
+    def loss_and_predict(self, x: tuple[Tensor, ...], batch_data_samples: SampleList,
+                         proposal_cfg=None) -> tuple[dict, list[InstanceData]]:
+        ...

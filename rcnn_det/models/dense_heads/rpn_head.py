@@ -1,0 +1,222 @@
+"""``RPNHead``: class-agnostic objectness and box offsets for every anchor, and proposals.
+
+Shape letters: B images, L levels, A anchors per location, H_l x W_l level size, N anchors per
+image over all levels, K proposals kept per image.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmcv.cnn import ConvModule
+from mmengine.structures import InstanceData
+from torch import Tensor
+from torchvision.ops import batched_nms
+
+from rcnn_det.registry import MODELS, TASK_UTILS
+from rcnn_det.structures import SampleList, scale_boxes, unpack_gt_instances
+
+from ..recipes import ProposalRecipe, RecipeReader, build_or_pass
+from ..task_modules.anchor_targets import anchor_targets
+from .base_dense_head import BaseDenseHead
+
+DEFAULT_RPN_ANCHORS = dict(type='AnchorGenerator', scales=[8], ratios=[0.5, 1.0, 2.0],
+                           strides=[4, 8, 16, 32, 64])
+DEFAULT_RPN_CODER = dict(type='DeltaXYWHBBoxCoder', target_means=(.0, .0, .0, .0),
+                         target_stds=(1.0, 1.0, 1.0, 1.0))
+DEFAULT_RPN_CLS_LOSS = dict(type='CrossEntropyLoss', use_sigmoid=True, loss_weight=1.0)
+DEFAULT_RPN_BOX_LOSS = dict(type='L1Loss', loss_weight=1.0)
+
+
+def flatten_levels(maps: list[Tensor], channels: int) -> Tensor:
+    """L maps (B, A * channels, H_l, W_l) -> (B, N, channels) in anchor order."""
+    return torch.cat([m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, channels) for m in maps], 1)
+
+
+def clip_to_shapes(boxes: Tensor, img_shapes: Tensor) -> Tensor:
+    """boxes (B, K, 4) xyxy clamped into per-image ``img_shapes`` (B, 2) = (h, w)."""
+    wh = img_shapes.flip(-1).to(boxes.dtype)[:, None, :]                 # (B, 1, 2) = (w, h)
+    lo = boxes.new_zeros(())
+    return torch.cat([torch.minimum(boxes[..., :2].clamp(min=lo), wh),
+                      torch.minimum(boxes[..., 2:].clamp(min=lo), wh)], dim=-1)
+
+
+def select_proposals(scores: Tensor, boxes: Tensor, levels: Tensor, recipe: ProposalRecipe,
+                     num_levels: int) -> list[InstanceData]:
+    """Filter, per-level NMS and top-K of a batch's candidate boxes, in one NMS call.
+
+    Args:
+        scores: (B, M) objectness of each image's pre-NMS candidates.
+        boxes: (B, M, 4) decoded xyxy, clipped to the image.
+        levels: (M,) level of each candidate column.
+    """
+    num_images = scores.shape[0]
+    image_ids = torch.arange(num_images, device=scores.device)[:, None].expand_as(scores)
+    groups = image_ids * num_levels + levels[None, :]                    # (B, M)
+    w = boxes[..., 2] - boxes[..., 0]
+    h = boxes[..., 3] - boxes[..., 1]
+    keep = scores >= recipe.score_thr
+    if recipe.min_bbox_size >= 0:
+        keep &= (w > recipe.min_bbox_size) & (h > recipe.min_bbox_size)
+    flat_scores, flat_boxes = scores[keep], boxes[keep]
+    flat_groups, flat_images = groups[keep], image_ids[keep]
+    kept = batched_nms(flat_boxes, flat_scores, flat_groups, recipe.iou_threshold)  # by score
+    results = []
+    for i in range(num_images):
+        mine = kept[flat_images[kept] == i][:recipe.max_per_img]
+        results.append(InstanceData(bboxes=flat_boxes[mine], scores=flat_scores[mine],
+                                    labels=flat_scores.new_zeros(mine.numel(), dtype=torch.long)))
+    return results
+
+
+@MODELS.register_module()
+class RPNHead(BaseDenseHead):
+    """Class-agnostic proposal head: a shared 3x3 conv, then per-anchor objectness and deltas.
+
+    forward(x) -> (cls_scores, bbox_preds)
+        x:          L maps (B, in_channels, H_l, W_l)
+        cls_scores: L maps (B, A * cls_out_channels, H_l, W_l)
+        bbox_preds: L maps (B, A * 4, H_l, W_l)   offsets relative to the anchors
+    loss(...) -> dict(loss_rpn_cls=[L scalars], loss_rpn_bbox=[L scalars])
+    predict(...) -> B x InstanceData(bboxes (K, 4) xyxy px, scores (K,), labels zeros (K,))
+    """
+
+    def __init__(self, in_channels: int, num_classes: int = 1, feat_channels: int = 256,
+                 num_convs: int = 1, anchor_generator=DEFAULT_RPN_ANCHORS,
+                 bbox_coder=DEFAULT_RPN_CODER, reg_decoded_bbox: bool = False,
+                 loss_cls=DEFAULT_RPN_CLS_LOSS, loss_bbox=DEFAULT_RPN_BOX_LOSS,
+                 train_cfg: dict | None = None, test_cfg: dict | None = None,
+                 init_cfg=dict(type='Normal', layer='Conv2d', std=0.01)) -> None:
+        super().__init__(init_cfg=init_cfg)
+        if num_classes != 1:
+            raise ValueError(f'RPNHead is class-agnostic: num_classes must be 1, got {num_classes}')
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.feat_channels = feat_channels
+        self.prior_generator = build_or_pass(TASK_UTILS, anchor_generator)
+        self.bbox_coder = build_or_pass(TASK_UTILS, bbox_coder)
+        self.reg_decoded_bbox = reg_decoded_bbox
+        self.loss_cls = build_or_pass(MODELS, loss_cls)
+        self.loss_bbox = build_or_pass(MODELS, loss_bbox)
+        self.use_sigmoid_cls = getattr(self.loss_cls, 'use_sigmoid', False)
+        self.cls_out_channels = num_classes if self.use_sigmoid_cls else num_classes + 1
+        num_anchors = self.prior_generator.num_base_priors[0]
+        if num_convs > 1:
+            self.rpn_conv = nn.Sequential(*[
+                ConvModule(in_channels if i == 0 else feat_channels, feat_channels, 3,
+                           padding=1, inplace=False) for i in range(num_convs)])
+        else:
+            self.rpn_conv = nn.Conv2d(in_channels, feat_channels, 3, padding=1)
+        self.rpn_cls = nn.Conv2d(feat_channels, num_anchors * self.cls_out_channels, 1)
+        self.rpn_reg = nn.Conv2d(feat_channels, num_anchors * 4, 1)
+
+        # mmdet hands the RPN its training recipe as a nested dict; read it here, once, so that
+        # forward code never calls cfg.get() and a typo fails at build time.
+        train = RecipeReader(train_cfg, 'rpn_head.train_cfg', accepted_no_op=('debug',))
+        self.assigner = train.build('assigner', TASK_UTILS, None)
+        self.sampler = train.build('sampler', TASK_UTILS, None)
+        self.allowed_border = train.pop('allowed_border', -1)
+        self.pos_weight = train.pop('pos_weight', -1)
+        train.reject_rest()
+        if train_cfg is not None and self.assigner is None:
+            raise KeyError('rpn_head.train_cfg: missing required key \'assigner\'')
+        if self.allowed_border >= 0:
+            raise NotImplementedError('rpn_head.train_cfg.allowed_border >= 0 is not supported; '
+                                      'use -1 (every anchor is used, as in all mmdet configs)')
+        self.test_recipe = ProposalRecipe.from_cfg(test_cfg, 'rpn_head.test_cfg')
+
+    def forward(self, x: tuple[Tensor, ...]) -> tuple[list[Tensor], list[Tensor]]:
+        cls_scores, bbox_preds = [], []
+        for feat in x:
+            feat = F.relu(self.rpn_conv(feat))
+            cls_scores.append(self.rpn_cls(feat))
+            bbox_preds.append(self.rpn_reg(feat))
+        return cls_scores, bbox_preds
+
+    # ---- training -------------------------------------------------------------------------
+
+    def loss(self, x: tuple[Tensor, ...], batch_data_samples: SampleList) -> dict:
+        return self.loss_by_feat(*self(x), batch_data_samples)
+
+    def loss_and_predict(self, x: tuple[Tensor, ...], batch_data_samples: SampleList,
+                         proposal_cfg: ProposalRecipe | dict | None = None
+                         ) -> tuple[dict, list[InstanceData]]:
+        cls_scores, bbox_preds = self(x)
+        losses = self.loss_by_feat(cls_scores, bbox_preds, batch_data_samples)
+        recipe = ProposalRecipe.from_cfg(proposal_cfg, 'train_cfg.rpn_proposal')
+        metas = [s.metainfo for s in batch_data_samples]
+        # The RoI loss must not reach the RPN through proposal coordinates (mmdet's approximate
+        # joint training): proposals are computed from detached outputs.
+        proposals = self.predict_by_feat([c.detach() for c in cls_scores],
+                                         [b.detach() for b in bbox_preds], metas, recipe)
+        return losses, proposals
+
+    def loss_by_feat(self, cls_scores: list[Tensor], bbox_preds: list[Tensor],
+                     batch_data_samples: SampleList) -> dict:
+        if self.assigner is None:
+            raise RuntimeError('RPNHead.loss needs a train_cfg with an assigner (and a sampler)')
+        gts, gts_ignore, metas = unpack_gt_instances(batch_data_samples)
+        featmap_sizes = [tuple(c.shape[-2:]) for c in cls_scores]
+        device = cls_scores[0].device
+        anchors = torch.cat(self.prior_generator.grid_priors(featmap_sizes, device=device))
+        valid = torch.stack([
+            torch.cat(self.prior_generator.valid_flags(featmap_sizes, meta.get(
+                'pad_shape', meta['batch_input_shape']), device)) for meta in metas])
+        targets = anchor_targets(anchors, valid, gts, gts_ignore, self.assigner, self.sampler,
+                                 self.bbox_coder, self.num_classes, self.pos_weight,
+                                 self.reg_decoded_bbox, class_agnostic=True)
+        cls = flatten_levels(cls_scores, self.cls_out_channels)          # (B, N, 1 or 2)
+        deltas = flatten_levels(bbox_preds, 4)                           # (B, N, 4)
+        loss_cls = self.loss_cls(cls.reshape(-1, self.cls_out_channels), targets.labels.reshape(-1),
+                                 targets.label_weights.reshape(-1), reduction_override='none')
+        if self.reg_decoded_bbox:
+            deltas = self.bbox_coder.decode(anchors[None].expand_as(deltas), deltas)
+        loss_bbox = self.loss_bbox(deltas, targets.bbox_targets, targets.bbox_weights,
+                                   reduction_override='none').sum(-1)   # (B, N)
+        # mmdet reports one term per level, each normalised by the sampled anchors of ALL levels.
+        sizes = [c.shape[-2] * c.shape[-1] * self.prior_generator.num_base_priors[i]
+                 for i, c in enumerate(cls_scores)]
+        norm = max(targets.avg_factor, 1.0)
+        loss_cls = loss_cls.reshape(cls.shape[0], -1)                     # (B, N)
+        return dict(
+            loss_rpn_cls=[part.sum() / norm for part in loss_cls.split(sizes, dim=1)],
+            loss_rpn_bbox=[part.sum() / norm for part in loss_bbox.split(sizes, dim=1)])
+
+    # ---- inference ------------------------------------------------------------------------
+
+    def predict(self, x: tuple[Tensor, ...], batch_data_samples: SampleList,
+                rescale: bool = False) -> list[InstanceData]:
+        metas = [s.metainfo for s in batch_data_samples]
+        if self.test_recipe is None:
+            raise RuntimeError('RPNHead.predict needs a test_cfg (nms_pre, max_per_img, nms)')
+        results = self.predict_by_feat(*self(x), metas, self.test_recipe)
+        if rescale:
+            for res, meta in zip(results, metas):
+                sx, sy = meta['scale_factor']
+                res.bboxes = scale_boxes(res.bboxes, (1 / sx, 1 / sy))
+        return results
+
+    def predict_by_feat(self, cls_scores: list[Tensor], bbox_preds: list[Tensor],
+                        batch_img_metas: list[dict], recipe: ProposalRecipe) -> list[InstanceData]:
+        """Per-level top ``nms_pre``, decode, clip, drop small, NMS per level, top K per image."""
+        featmap_sizes = [tuple(c.shape[-2:]) for c in cls_scores]
+        device = cls_scores[0].device
+        anchors = self.prior_generator.grid_priors(featmap_sizes, cls_scores[0].dtype, device)
+        num_images = cls_scores[0].shape[0]
+        scores, deltas, priors, levels = [], [], [], []
+        for level, (cls, reg, anc) in enumerate(zip(cls_scores, bbox_preds, anchors)):
+            cls = cls.permute(0, 2, 3, 1).reshape(num_images, -1, self.cls_out_channels)
+            # Foreground is class 0; with softmax, index 1 is background.
+            score = cls[..., 0].sigmoid() if self.use_sigmoid_cls else cls.softmax(-1)[..., 0]
+            k = min(recipe.nms_pre, score.shape[1]) if recipe.nms_pre > 0 else score.shape[1]
+            top, idx = score.topk(k, dim=1)                              # (B, k)
+            reg = reg.permute(0, 2, 3, 1).reshape(num_images, -1, 4)      # (B, H*W*A, 4)
+            scores.append(top)
+            deltas.append(reg.gather(1, idx[..., None].expand(-1, -1, 4)))
+            priors.append(anc[idx])                                      # (B, k, 4)
+            levels.append(torch.full((k,), level, device=device, dtype=torch.long))
+        boxes = self.bbox_coder.decode(torch.cat(priors, 1), torch.cat(deltas, 1))
+        img_shapes = torch.tensor([m['img_shape'][:2] for m in batch_img_metas], device=device)
+        boxes = clip_to_shapes(boxes, img_shapes)
+        return select_proposals(torch.cat(scores, 1), boxes, torch.cat(levels),
+                                recipe, len(cls_scores))

@@ -1,0 +1,57 @@
+"""``BaseDetector``: mmengine's model protocol for detectors; holds no algorithm."""
+from __future__ import annotations
+
+from abc import ABCMeta, abstractmethod
+
+from mmengine.model import BaseModel
+from mmengine.structures import InstanceData
+from torch import Tensor
+
+from rcnn_det.registry import MODELS
+from rcnn_det.structures import SampleList
+
+
+class BaseDetector(BaseModel, metaclass=ABCMeta):
+    """forward(inputs, data_samples, mode):
+        'loss'    -> dict of named losses (keys containing 'loss' are summed by mmengine)
+        'predict' -> the samples with ``pred_instances`` in the original image frame
+        'tensor'  -> raw head outputs
+    """
+
+    def __init__(self, data_preprocessor: dict | None = None, init_cfg=None) -> None:
+        # Build the preprocessor from rcnn_det's registry, not mmengine's root one, so that
+        # MODELS.build(cfg.model) works without a default scope being set first.
+        if data_preprocessor is None:
+            data_preprocessor = dict(type='DetDataPreprocessor')
+        super().__init__(data_preprocessor=MODELS.build(data_preprocessor)
+                         if isinstance(data_preprocessor, dict) else data_preprocessor,
+                         init_cfg=init_cfg)
+
+    def forward(self, inputs: Tensor, data_samples: SampleList | None = None,
+                mode: str = 'tensor'):
+        if mode == 'loss':
+            return self.loss(inputs, data_samples)
+        if mode == 'predict':
+            return self.predict(inputs, data_samples)
+        if mode == 'tensor':
+            return self._forward(inputs, data_samples)
+        raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
+
+    @abstractmethod
+    def loss(self, inputs: Tensor, data_samples: SampleList) -> dict:
+        ...
+
+    @abstractmethod
+    def predict(self, inputs: Tensor, data_samples: SampleList, rescale: bool = True) -> SampleList:
+        ...
+
+    @abstractmethod
+    def _forward(self, inputs: Tensor, data_samples: SampleList | None = None):
+        ...
+
+    @staticmethod
+    def add_pred_to_datasample(data_samples: SampleList,
+                               results_list: list[InstanceData]) -> SampleList:
+        for sample, pred in zip(data_samples, results_list):
+            sample.pred_instances = pred
+        return data_samples

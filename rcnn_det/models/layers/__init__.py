@@ -1,0 +1,3 @@
+from .roi_align import RoIAlign, RoIPool
+
+__all__ = ['RoIAlign', 'RoIPool']

@@ -1,0 +1,74 @@
+"""``anchor_targets()``: classification and regression targets of every anchor of a batch.
+
+Shared by the anchor-based dense heads (RPNHead now, ATSSHead later). Shape letters: B images,
+N anchors per image over all levels, G ground-truth boxes of one image, C classes (C =
+background label).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from mmengine.structures import InstanceData
+from torch import Tensor
+
+
+@dataclass
+class AnchorTargets:
+    labels: Tensor          # (B, N) int64 class in [0, C]; C = background
+    label_weights: Tensor   # (B, N) float: 0 for anchors left out of the loss
+    bbox_targets: Tensor    # (B, N, 4) encoded offsets (or gt boxes when reg_decoded_bbox)
+    bbox_weights: Tensor    # (B, N, 4) float: 1 on positives
+    avg_factor: float       # the loss normaliser: sampled anchors, or positives without sampler
+    num_pos: int
+
+
+def anchor_targets(anchors: Tensor, valid_flags: Tensor, batch_gt_instances: list[InstanceData],
+                   batch_gt_instances_ignore: list[InstanceData | None], assigner, sampler,
+                   bbox_coder, num_classes: int, pos_weight: float = -1,
+                   reg_decoded_bbox: bool = False, class_agnostic: bool = False,
+                   assign_kwargs: dict | None = None) -> AnchorTargets:
+    """Assign, sample and encode, one image at a time (image sizes and box counts differ).
+
+    Args:
+        anchors: (N, 4) xyxy anchors of all levels, the same for every image.
+        valid_flags: (B, N) bool, False for anchors centred on another image's padding.
+        sampler: a RandomSampler-like object, or None to keep every positive and negative
+            (mmdet's PseudoSampler; then ``avg_factor`` counts positives only).
+        class_agnostic: every object is class 0 (the RPN).
+    """
+    num_images, num_anchors = valid_flags.shape
+    labels = anchors.new_full((num_images, num_anchors), num_classes, dtype=torch.long)
+    label_weights = anchors.new_zeros((num_images, num_anchors))
+    bbox_targets = anchors.new_zeros((num_images, num_anchors, 4))
+    bbox_weights = anchors.new_zeros((num_images, num_anchors, 4))
+    avg_factor, num_pos_total = 0, 0
+    for i, (gt, gt_ignore) in enumerate(zip(batch_gt_instances, batch_gt_instances_ignore)):
+        valid = valid_flags[i].nonzero(as_tuple=False).squeeze(1)
+        if class_agnostic:
+            gt = InstanceData(bboxes=gt.bboxes, labels=torch.zeros_like(gt.labels))
+        priors = InstanceData(priors=anchors[valid])
+        assign = assigner.assign(priors, gt, gt_ignore, **(assign_kwargs or {}))
+        if sampler is not None:
+            result = sampler.sample(assign, priors, gt)
+            pos, neg = result.pos_inds, result.neg_inds
+            pos_gt_bboxes, pos_labels = result.pos_gt_bboxes, result.pos_gt_labels
+            avg_factor += pos.numel() + neg.numel()
+        else:
+            pos = (assign.gt_inds > 0).nonzero(as_tuple=False).squeeze(1)
+            neg = (assign.gt_inds == 0).nonzero(as_tuple=False).squeeze(1)
+            pos_gt_bboxes = gt.bboxes[assign.gt_inds[pos] - 1]
+            pos_labels = assign.labels[pos]
+            avg_factor += pos.numel()
+        num_pos_total += pos.numel()
+        pos_full, neg_full = valid[pos], valid[neg]
+        if pos.numel() > 0:
+            target = (pos_gt_bboxes if reg_decoded_bbox
+                      else bbox_coder.encode(anchors[pos_full], pos_gt_bboxes))
+            bbox_targets[i, pos_full] = target.to(bbox_targets.dtype)
+            bbox_weights[i, pos_full] = 1.0
+            labels[i, pos_full] = pos_labels
+            label_weights[i, pos_full] = 1.0 if pos_weight <= 0 else pos_weight
+        label_weights[i, neg_full] = 1.0
+    return AnchorTargets(labels, label_weights, bbox_targets, bbox_weights,
+                         float(avg_factor), num_pos_total)

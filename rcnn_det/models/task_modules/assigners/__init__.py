@@ -1,0 +1,5 @@
+from .assign_result import AssignResult
+from .iou2d_calculator import BboxOverlaps2D
+from .max_iou_assigner import MaxIoUAssigner, max_iou_assign
+
+__all__ = ['AssignResult', 'BboxOverlaps2D', 'MaxIoUAssigner', 'max_iou_assign']

@@ -1,0 +1,4 @@
+from .random_sampler import RandomSampler, random_subset, sample_pos_neg
+from .sampling_result import SamplingResult
+
+__all__ = ['RandomSampler', 'SamplingResult', 'random_subset', 'sample_pos_neg']

@@ -1,0 +1,6 @@
+from .bbox import (bbox2roi, bbox_cxcywh_to_xyxy, bbox_flip, bbox_overlaps, bbox_xyxy_to_cxcywh,
+                   box_area, clip_boxes, scale_boxes)
+from .det_data_sample import DetDataSample, SampleList, unpack_gt_instances
+
+__all__ = ['DetDataSample', 'SampleList', 'unpack_gt_instances', 'bbox2roi', 'bbox_cxcywh_to_xyxy', 'bbox_flip',
+           'bbox_overlaps', 'bbox_xyxy_to_cxcywh', 'box_area', 'clip_boxes', 'scale_boxes']

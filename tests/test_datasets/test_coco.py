@@ -1,0 +1,185 @@
+"""CocoDataset: class selection, box conversion, crowd flags, filtering and bad input."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rcnn_det.datasets import CocoDataset
+from rcnn_det.datasets.transforms import LoadImageFromFile, Resize
+from rcnn_det.registry import DATASETS
+
+from .conftest import tiny_coco, write_coco
+
+
+def build(root: Path, **kwargs) -> CocoDataset:
+    return CocoDataset(ann_file='ann.json', data_root=str(root), data_prefix=dict(img='imgs/'),
+                       **kwargs)
+
+
+def test_classes_from_json_sorted_by_id(coco_root):
+    ds = build(coco_root)
+    assert ds.metainfo['classes'] == ('dog', 'cat', 'bird')
+    assert ds.cat_ids == [1, 3, 7]
+    assert ds.cat2label == {1: 0, 3: 1, 7: 2}
+    palette = ds.metainfo['palette']
+    assert len(palette) == 3 and len(set(palette)) == 3
+    assert build(coco_root).metainfo['palette'] == palette  # deterministic
+
+
+def test_data_info_fields(coco_root):
+    ds = build(coco_root, serialize_data=False)
+    info = ds.get_data_info(0)
+    assert info['img_id'] == 1
+    assert info['img_path'] == str(coco_root / 'imgs' / 'a.png')
+    assert (info['height'], info['width']) == (30, 40)
+    dog, cat = info['instances']
+    assert dog == dict(bbox=[2.0, 3.0, 12.0, 8.0], bbox_label=0, ignore_flag=0,
+                       mask=[[2, 3, 12, 3, 12, 8, 2, 8]])
+    assert cat['bbox'] == [20.0, 10.0, 28.0, 18.0] and cat['bbox_label'] == 1
+    assert cat['ignore_flag'] == 1 and isinstance(cat['mask'], dict)
+    assert ds.get_cat_ids(0) == [0, 1]
+
+
+def test_metainfo_classes_select_and_order_by_name(coco_root):
+    ds = build(coco_root, metainfo=dict(classes=('bird', 'dog')))
+    assert ds.metainfo['classes'] == ('bird', 'dog')
+    assert ds.cat_ids == [7, 1]
+    assert [i['bbox_label'] for i in ds.get_data_info(0)['instances']] == [1]  # cat dropped
+    assert [i['bbox_label'] for i in ds.get_data_info(1)['instances']] == [0]
+
+
+def test_metainfo_unknown_class_is_an_error(coco_root):
+    with pytest.raises(ValueError, match=r"horse.*ann\.json"):
+        build(coco_root, metainfo=dict(classes=('dog', 'horse')))
+
+
+def test_filter_empty_gt_and_min_size(coco_root):
+    assert len(build(coco_root)) == 4  # no filter_cfg: mmdet keeps everything
+    kept = build(coco_root, filter_cfg=dict(filter_empty_gt=True, min_size=0))
+    # image 3 has no annotation, image 4 only a crowd region
+    assert [kept.get_data_info(i)['img_id'] for i in range(len(kept))] == [1, 2]
+    kept = build(coco_root, filter_cfg=dict(filter_empty_gt=True, min_size=25))
+    assert [kept.get_data_info(i)['img_id'] for i in range(len(kept))] == [1]
+    kept = build(coco_root, filter_cfg=dict(filter_empty_gt=False, min_size=25))
+    assert [kept.get_data_info(i)['img_id'] for i in range(len(kept))] == [1, 3, 4]
+
+
+def test_test_mode_keeps_empty_images(coco_root):
+    ds = build(coco_root, test_mode=True, filter_cfg=dict(filter_empty_gt=True, min_size=25))
+    assert len(ds) == 4
+    assert ds.get_data_info(2)['instances'] == []
+
+
+def test_unknown_filter_key(coco_root):
+    with pytest.raises(ValueError, match='filter_empty'):
+        build(coco_root, filter_cfg=dict(filter_empty=True))
+
+
+def test_built_from_registry_with_lazy_init(coco_root):
+    ds = DATASETS.build(dict(type='CocoDataset', ann_file='ann.json', data_root=str(coco_root),
+                             data_prefix=dict(img='imgs/'), lazy_init=True))
+    assert 'classes' not in ds.metainfo
+    ds.full_init()
+    assert len(ds) == 4 and ds.metainfo['classes'] == ('dog', 'cat', 'bird')
+
+
+@pytest.mark.parametrize('text, expected', [
+    ('not json at all', 'invalid JSON'),
+    ('[1, 2]', 'top level is a list'),
+    (json.dumps(dict(images=[], annotations=[])), r"missing top-level key\(s\) \['categories'\]"),
+    (json.dumps(dict(categories=[])), r"\['images', 'annotations'\]"),
+])
+def test_not_a_coco_file(tmp_path, text, expected):
+    write_coco(tmp_path, text)
+    with pytest.raises(ValueError, match=expected) as err:
+        build(tmp_path)
+    assert str(tmp_path / 'ann.json') in str(err.value)
+
+
+def test_missing_annotation_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match='nothere.json'):
+        CocoDataset(ann_file=str(tmp_path / 'nothere.json'))
+
+
+def edited(change) -> dict:
+    coco = tiny_coco()
+    change(coco)
+    return coco
+
+
+@pytest.mark.parametrize('change, expected', [
+    (lambda c: c['annotations'][2].update(image_id=99),
+     r'annotation 3 refers to image_id 99'),
+    (lambda c: c['annotations'][0].update(category_id=5),
+     r'annotation 1 refers to category_id 5'),
+    (lambda c: c['annotations'][1].pop('bbox'), r"annotation 2 .*lacks key\(s\) \['bbox'\]"),
+    (lambda c: c['images'][1].pop('height'), r"image 2 .*lacks key\(s\) \['height'\]"),
+    (lambda c: c['annotations'][3].update(id=1), r'duplicate annotation id\(s\) \[1\]'),
+    (lambda c: c['annotations'][0].update(bbox=[1, 2, 3]), r'annotation 1 has bbox \[1, 2, 3\]'),
+])
+def test_bad_references_name_the_culprit(tmp_path, change, expected):
+    write_coco(tmp_path, edited(change), with_images=False)
+    with pytest.raises(ValueError, match=expected) as err:
+        build(tmp_path)
+    assert 'ann.json' in str(err.value)
+
+
+def test_degenerate_boxes_are_skipped_with_one_warning(tmp_path, monkeypatch):
+    def change(coco):
+        coco['annotations'][0]['bbox'] = [2, 3, 0, 5]        # zero width
+        coco['annotations'][2]['area'] = 0                   # zero area
+        coco['annotations'].append(dict(id=9, image_id=3, category_id=1, area=4,
+                                        bbox=[100, 100, 2, 2], iscrowd=0))  # outside
+    write_coco(tmp_path, edited(change))
+    logged = []
+    monkeypatch.setattr('rcnn_det.datasets.coco.print_log',
+                        lambda msg, logger=None, level=None: logged.append((msg, level)))
+    ds = build(tmp_path)
+    assert len(logged) == 1
+    msg, level = logged[0]
+    assert level == 30  # logging.WARNING
+    assert "annotation 1 (image 1 'a.png')" in msg and 'width/height 0x5' in msg
+    assert "annotation 3 (image 2 'b.png')" in msg and 'area 0' in msg
+    assert "annotation 9 (image 3 'c.png')" in msg and 'outside' in msg
+    assert len(ds.get_data_info(0)['instances']) == 1  # only the crowd cat remains
+    assert ds.get_data_info(1)['instances'] == []
+
+
+def test_many_skips_are_aggregated(tmp_path, monkeypatch):
+    coco = tiny_coco()
+    coco['annotations'] += [dict(id=100 + i, image_id=3, category_id=1, area=0,
+                                 bbox=[1, 1, 0, 0], iscrowd=0) for i in range(25)]
+    write_coco(tmp_path, coco)
+    logged = []
+    monkeypatch.setattr('rcnn_det.datasets.coco.print_log',
+                        lambda msg, logger=None, level=None: logged.append(msg))
+    build(tmp_path)
+    assert len(logged) == 1 and 'skipped 25 annotation(s)' in logged[0]
+    assert '... and 15 more' in logged[0] and logged[0].count('\n') == 11
+
+
+def test_missing_image_names_the_path(coco_root):
+    (coco_root / 'imgs' / 'b.png').unlink()
+    ds = build(coco_root, pipeline=[dict(type='LoadImageFromFile')], test_mode=True)
+    assert ds[0]['img'].shape == (30, 40, 3)
+    with pytest.raises(FileNotFoundError) as err:
+        ds[1]
+    assert str(coco_root / 'imgs' / 'b.png') in str(err.value)
+    assert 'img_id=2' in str(err.value) and 'dataset index=1' in str(err.value)
+
+
+def test_unreadable_image_names_the_path(coco_root):
+    (coco_root / 'imgs' / 'a.png').write_bytes(b'this is no png')
+    ds = build(coco_root, pipeline=[LoadImageFromFile()], test_mode=True)
+    with pytest.raises(OSError, match='cannot decode image file .*a.png'):
+        ds[0]
+
+
+def test_pipeline_without_default_scope_uses_our_transforms(coco_root):
+    ds = build(coco_root, pipeline=[dict(type='LoadImageFromFile'),
+                                    dict(type='RandomChoiceResize', scales=[(20, 20)])])
+    load, choice = ds.pipeline.transforms
+    assert type(load) is LoadImageFromFile
+    assert type(choice.resize) is Resize

@@ -1,0 +1,173 @@
+"""Training and inference speed of a config's model on the current device.
+
+    python tools/analysis_tools/benchmark.py CONFIG [--batch-size 2] [--shape 800 1333]
+        [--iters 10] [--warmup 3] [--device cpu|cuda] [--compare torchvision]
+
+Inputs are random images of one fixed shape with a few random ground-truth boxes each, so the
+numbers measure the model (backbone to losses / detections), not data loading. Training
+iterations/s include forward, backward and an SGD step; inference images/s include
+post-processing. With ``--compare torchvision`` torchvision's ``fasterrcnn_resnet50_fpn`` (random
+init, 81 classes, backbone frozen like the mmdet recipe: stem + layer1 frozen, frozen BN) runs on
+the same inputs, and the ratios are printed.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from typing import Callable
+
+import torch
+from mmengine.config import Config, DictAction
+from mmengine.logging import MMLogger
+from mmengine.structures import InstanceData
+
+from rcnn_det.registry import MODELS
+from rcnn_det.structures import DetDataSample
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Benchmark a detector config')
+    parser.add_argument('config')
+    parser.add_argument('--batch-size', type=int, default=2)
+    parser.add_argument('--shape', type=int, nargs=2, default=[800, 1333], metavar=('H', 'W'),
+                        help='network input height and width')
+    parser.add_argument('--iters', type=int, default=10, help='timed iterations')
+    parser.add_argument('--warmup', type=int, default=3, help='untimed iterations first')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--compare', choices=['torchvision'], default=None)
+    parser.add_argument('--num-gts', type=int, default=5, help='ground-truth boxes per image')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    return parser.parse_args()
+
+
+def random_batch(batch_size: int, shape: tuple[int, int], num_gts: int, num_classes: int,
+                 seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """Images (uint8, 3 x H x W), gt boxes (num_gts, 4) xyxy and labels, the same every call."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = shape
+    images, boxes, labels = [], [], []
+    for _ in range(batch_size):
+        images.append(torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g))
+        xy = torch.rand(num_gts, 2, generator=g) * torch.tensor([w * 0.7, h * 0.7])
+        wh = 32 + torch.rand(num_gts, 2, generator=g) * torch.tensor([w * 0.3, h * 0.3])
+        boxes.append(torch.cat([xy, xy + wh], 1))
+        labels.append(torch.randint(0, num_classes, (num_gts,), generator=g))
+    return images, boxes, labels
+
+
+def timed(fn: Callable[[], None], iters: int, warmup: int, device: torch.device) -> float:
+    """Seconds per call of ``fn`` after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / iters
+
+
+def bench_rcnn_det(cfg: Config, batch, args, device) -> tuple[float, float]:
+    model_cfg = cfg.model
+    if model_cfg.backbone.get('init_cfg', None) is not None:
+        model_cfg.backbone.init_cfg = None  # random init: nothing to read from disk
+    model = MODELS.build(model_cfg).to(device)
+    MMLogger.get_current_instance().setLevel(logging.WARNING)
+    model.init_weights()
+    images, boxes, labels = batch
+    h, w = args.shape
+
+    def samples():
+        out = []
+        for b, l in zip(boxes, labels):
+            s = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w),
+                                            scale_factor=(1.0, 1.0)))
+            s.gt_instances = InstanceData(bboxes=b.clone(), labels=l.clone())
+            out.append(s)
+        return out
+
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4,
+                                momentum=0.9)
+
+    def train_step():
+        model.train()
+        data = model.data_preprocessor(dict(inputs=list(images), data_samples=samples()), True)
+        losses = model(**data, mode='loss')
+        loss, _ = model.parse_losses(losses)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    @torch.no_grad()
+    def infer_step():
+        model.eval()
+        data = model.data_preprocessor(dict(inputs=list(images), data_samples=samples()), False)
+        model(**data, mode='predict')
+
+    return (timed(train_step, args.iters, args.warmup, device),
+            timed(infer_step, args.iters, args.warmup, device))
+
+
+def bench_torchvision(batch, args, device, num_classes: int) -> tuple[float, float]:
+    from torchvision.models import resnet50
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    h, w = args.shape
+    backbone = _resnet_fpn_extractor(resnet50(norm_layer=FrozenBatchNorm2d), trainable_layers=3)
+    # min_size/max_size equal to the input shape: torchvision's transform does not rescale.
+    model = FasterRCNN(backbone, num_classes=num_classes + 1, min_size=min(h, w),
+                       max_size=max(h, w)).to(device)
+    images, boxes, labels = batch
+    images = [img.to(device).float() / 255 for img in images]
+    targets = [dict(boxes=b.to(device), labels=l.to(device) + 1) for b, l in zip(boxes, labels)]
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4,
+                                momentum=0.9)
+
+    def train_step():
+        model.train()
+        loss = sum(model(images, targets).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    @torch.no_grad()
+    def infer_step():
+        model.eval()
+        model(images)
+
+    return (timed(train_step, args.iters, args.warmup, device),
+            timed(infer_step, args.iters, args.warmup, device))
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device(args.device)
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    num_classes = cfg.model.roi_head.bbox_head.num_classes
+    batch = random_batch(args.batch_size, tuple(args.shape), args.num_gts, num_classes)
+    torch.manual_seed(0)
+    rows = [('rcnn_det', *bench_rcnn_det(cfg, batch, args, device))]
+    if args.compare == 'torchvision':
+        torch.manual_seed(0)
+        rows.append(('torchvision', *bench_torchvision(batch, args, device, num_classes)))
+    print(f'\n{args.config} on {device} ({torch.get_num_threads()} CPU threads), batch '
+          f'{args.batch_size}, input {args.shape[0]}x{args.shape[1]}, {args.iters} timed '
+          f'iterations after {args.warmup}')
+    print(f'{"":12s} {"train it/s":>11s} {"train s/it":>11s} {"infer img/s":>12s}')
+    for name, train_s, infer_s in rows:
+        print(f'{name:12s} {1 / train_s:11.3f} {train_s:11.3f} {args.batch_size / infer_s:12.3f}')
+    if len(rows) == 2:
+        (_, t_ours, i_ours), (_, t_tv, i_tv) = rows
+        print(f'{"ratio":12s} {t_tv / t_ours:11.2f}x {"":11s} {i_tv / i_ours:11.2f}x   '
+              '(rcnn_det speed / torchvision speed; > 1 means rcnn_det is faster)')
+
+
+if __name__ == '__main__':
+    main()
