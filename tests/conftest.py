@@ -48,7 +48,9 @@ default_hooks = dict(logger=dict(interval=1),
 
 def run_tool(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run a command of the README's kind from ``cwd``; fail with its output when it fails."""
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS='1')
+    # The shell scripts call `python`: make it this interpreter (a virtualenv may be inactive).
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get('PATH', '')])
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS='1', PATH=path)
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
     if proc.returncode != 0:

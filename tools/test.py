@@ -7,7 +7,7 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from rcnn_det.engine import check_config, register_checkpoint_safe_globals
+from rcnn_det.engine import check_config, init_cpu_distributed, register_checkpoint_safe_globals
 
 
 def parse_args() -> argparse.Namespace:
@@ -68,6 +68,7 @@ def main() -> None:
             raise ValueError(f'--out must be a .pkl file, got {args.out}')
         cfg.test_evaluator = [cfg.test_evaluator, dict(type='DumpDetResults', out_file_path=args.out)]
     register_checkpoint_safe_globals()
+    init_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.test()
 

@@ -7,7 +7,7 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from rcnn_det.engine import check_config, register_checkpoint_safe_globals
+from rcnn_det.engine import check_config, init_cpu_distributed, register_checkpoint_safe_globals
 
 
 def parse_args() -> argparse.Namespace:
@@ -67,6 +67,7 @@ def main() -> None:
     args = parse_args()
     cfg = build_cfg(args)
     register_checkpoint_safe_globals()
+    init_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.train()
 

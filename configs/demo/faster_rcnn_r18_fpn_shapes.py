@@ -105,5 +105,4 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=200, max_keep_ckpts=2),
     visualization=dict(type='DetVisualizationHook', draw=True, interval=1, grid_images=6))
 log_processor = dict(type='LogProcessor', window_size=20, by_epoch=False)
-env_cfg = dict(dist_cfg=dict(backend='gloo'))
 randomness = dict(seed=0)

@@ -30,7 +30,8 @@ def bbox_overlaps(boxes1: Tensor, boxes2: Tensor, mode: str = 'iou',
     if not is_aligned and mode == 'iou' and boxes1.dtype != torch.float16:
         if boxes1.numel() == 0 or boxes2.numel() == 0:
             return boxes1.new_zeros((boxes1.shape[0], boxes2.shape[0]))
-        return box_iou(boxes1, boxes2)
+        # box_iou divides by the union unguarded: two empty boxes give 0/0, which is IoU 0.
+        return box_iou(boxes1, boxes2).nan_to_num_(nan=0.0)
     if not is_aligned:
         boxes1, boxes2 = boxes1[:, None, :], boxes2[None, :, :]      # broadcast to (N, M, 4)
     lt = torch.maximum(boxes1[..., :2], boxes2[..., :2])

@@ -81,9 +81,6 @@ def test_unknown_mode():
         bbox_overlaps(torch.rand(1, 4), torch.rand(1, 4), 'diou')
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'pairwise iou goes through torchvision box_iou without the eps clamp of the union: two '
-    'zero-area boxes give nan (mmdet and the aligned / iof / giou paths give 0)'))
 def test_zero_area_boxes_give_zero_not_nan():
     point = torch.tensor([[5., 5., 5., 5.]])
     line = torch.tensor([[1., 1., 1., 8.]])

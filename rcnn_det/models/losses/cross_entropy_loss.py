@@ -45,7 +45,7 @@ def binary_cross_entropy(cls_score: Tensor, label: Tensor, weight: Tensor | None
         weight = valid_weight if weight is None else weight * valid_weight
         label = targets
         if avg_factor is None and avg_non_ignore and reduction == 'mean':
-            avg_factor = valid.sum().item()
+            avg_factor = valid.sum().item() * cls_score.shape[-1]  # valid elements, as mmdet
     loss = F.binary_cross_entropy_with_logits(cls_score, label.float(), pos_weight=class_weight,
                                               reduction='none')
     return weight_reduce_loss(loss, None if weight is None else weight.float(), reduction,
@@ -90,11 +90,12 @@ class CrossEntropyLoss(BaseModule):
 
     def forward(self, cls_score: Tensor, label: Tensor, weight: Tensor | None = None,
                 avg_factor: float | None = None, reduction_override: str | None = None,
-                **kwargs) -> Tensor:
+                ignore_index: int | None = None, **kwargs) -> Tensor:
         reduction = check_reduction(reduction_override or self.reduction)
         class_weight = (cls_score.new_tensor(self.class_weight)
                         if self.class_weight is not None else None)
-        ignore_index = -100 if self.ignore_index is None else self.ignore_index
+        if ignore_index is None:
+            ignore_index = -100 if self.ignore_index is None else self.ignore_index
         return self.loss_weight * self.criterion(
             cls_score, label, weight, class_weight=class_weight, reduction=reduction,
             avg_factor=avg_factor, ignore_index=ignore_index,

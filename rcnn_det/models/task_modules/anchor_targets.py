@@ -20,6 +20,7 @@ class AnchorTargets:
     bbox_targets: Tensor    # (B, N, 4) encoded offsets (or gt boxes when reg_decoded_bbox)
     bbox_weights: Tensor    # (B, N, 4) float: 1 on positives
     avg_factor: float       # the loss normaliser: sampled anchors, or positives without sampler
+                            # (each image counts at least one positive and one negative)
     num_pos: int
 
 
@@ -53,13 +54,14 @@ def anchor_targets(anchors: Tensor, valid_flags: Tensor, batch_gt_instances: lis
             result = sampler.sample(assign, priors, gt)
             pos, neg = result.pos_inds, result.neg_inds
             pos_gt_bboxes, pos_labels = result.pos_gt_bboxes, result.pos_gt_labels
-            avg_factor += pos.numel() + neg.numel()
+            # mmdet's SamplingResult.avg_factor: counts of at least one, per image.
+            avg_factor += max(pos.numel(), 1) + max(neg.numel(), 1)
         else:
             pos = (assign.gt_inds > 0).nonzero(as_tuple=False).squeeze(1)
             neg = (assign.gt_inds == 0).nonzero(as_tuple=False).squeeze(1)
             pos_gt_bboxes = gt.bboxes[assign.gt_inds[pos] - 1]
             pos_labels = assign.labels[pos]
-            avg_factor += pos.numel()
+            avg_factor += max(pos.numel(), 1)
         num_pos_total += pos.numel()
         pos_full, neg_full = valid[pos], valid[neg]
         if pos.numel() > 0:

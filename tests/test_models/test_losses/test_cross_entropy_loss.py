@@ -65,9 +65,6 @@ def test_softmax_ignore_index_and_avg_non_ignore():
         F.cross_entropy(pred, label, ignore_index=255))
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    'mmdet CrossEntropyLoss.forward accepts ignore_index=...; rcnn_det forwards **kwargs and '
-    'its own ignore_index to the criterion -> "got multiple values for ignore_index"'))
 def test_forward_accepts_ignore_index_like_mmdet():
     pred, label = logits(4, 3, 4), torch.tensor([0, 1, 2, 255])
     loss = CrossEntropyLoss()(pred, label, ignore_index=255)
@@ -126,9 +123,6 @@ def test_sigmoid_ignored_rows_get_zero_weight():
     torch.testing.assert_close(loss[[0, 2]], sigmoid_reference(pred, label)[[0, 2]])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'mmdet parity: binary_cross_entropy with avg_non_ignore averages over the expanded (N, C) '
-    'valid mask (valid rows * C); rcnn_det divides by the valid rows only'))
 def test_sigmoid_avg_non_ignore_counts_elements_like_mmdet():
     pred = logits(4, 3, 9)
     label = torch.tensor([0, 255, 2, 3])

@@ -103,11 +103,6 @@ def test_loss_without_positives_is_zero_and_keeps_grad():
     assert bbox_pred.grad is not None and (bbox_pred.grad == 0).all()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'Shared2FCBBoxHead.loss with reg_decoded_bbox=True decodes with rois[:, None, 1:] (K, 1, 4): '
-    'delta2bbox broadcasts it against the (K, C, 4) deltas into (K, K, 4C) boxes (K^2 memory), '
-    'and the [pos, labels[pos]] pick then uses the deltas of row labels // C (row 0) instead of '
-    "the positive's own row; mmdet passes rois[:, 1:]"))
 def test_loss_reg_decoded_bbox_decodes_each_rois_own_deltas():
     head = make_head(reg_decoded_bbox=True)
     g = torch.Generator().manual_seed(3)
@@ -192,9 +187,6 @@ def test_predict_by_feat_equals_brute_force(rescale, score_thr, iou, max_per_img
         assert suppressed > 0   # NMS really removed boxes
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
-    'Shared2FCBBoxHead.predict_by_feat with K = 0 RoIs in the batch: boxes.reshape(0, -1, 4) '
-    'raises "cannot reshape tensor of 0 elements"; mmdet returns empty results per image'))
 def test_predict_by_feat_without_rois():
     head = make_head()
     recipe = DetectionRecipe()

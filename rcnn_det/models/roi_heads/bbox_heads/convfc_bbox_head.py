@@ -133,7 +133,7 @@ class Shared2FCBBoxHead(BaseModule):
             losses['loss_bbox'] = bbox_pred.sum() * 0  # keeps the graph whole for DDP
             return losses
         if self.reg_decoded_bbox:
-            bbox_pred = self.bbox_coder.decode(rois[:, None, 1:], bbox_pred)
+            bbox_pred = self.bbox_coder.decode(rois[:, 1:], bbox_pred)
         if self.reg_class_agnostic:
             pos_pred = bbox_pred.reshape(bbox_pred.shape[0], 4)[pos]
         else:
@@ -164,7 +164,7 @@ class Shared2FCBBoxHead(BaseModule):
         scores = cls_score.softmax(-1)[:, :-1] if cls_score.numel() else cls_score[:, :-1]
         img_shapes = rois.new_tensor([m['img_shape'][:2] for m in batch_img_metas])  # (B, 2)
         boxes = self.bbox_coder.decode(rois[:, 1:], bbox_pred)           # (K, 4C) or (K, 4)
-        boxes = boxes.reshape(rois.shape[0], -1, 4)
+        boxes = boxes.reshape(rois.shape[0], bbox_pred.shape[-1] // 4, 4)
         hw = img_shapes[image_ids]                                       # (K, 2)
         upper = torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], -1)[:, None]  # (K, 1, 4)
         boxes = torch.minimum(boxes.clamp(min=0), upper)
