@@ -35,10 +35,8 @@ def flatten_levels(maps: list[Tensor], channels: int) -> Tensor:
 
 def clip_to_shapes(boxes: Tensor, img_shapes: Tensor) -> Tensor:
     """boxes (B, K, 4) xyxy clamped into per-image ``img_shapes`` (B, 2) = (h, w)."""
-    wh = img_shapes.flip(-1).to(boxes.dtype)[:, None, :]                 # (B, 1, 2) = (w, h)
-    lo = boxes.new_zeros(())
-    return torch.cat([torch.minimum(boxes[..., :2].clamp(min=lo), wh),
-                      torch.minimum(boxes[..., 2:].clamp(min=lo), wh)], dim=-1)
+    wh = img_shapes.flip(-1).to(boxes.dtype).repeat(1, 2)[:, None, :]   # (B, 1, 4) = (w, h, w, h)
+    return torch.minimum(boxes.clamp(min=0), wh)
 
 
 def select_proposals(scores: Tensor, boxes: Tensor, levels: Tensor, recipe: ProposalRecipe,
@@ -143,7 +141,8 @@ class RPNHead(BaseDenseHead):
                          ) -> tuple[dict, list[InstanceData]]:
         cls_scores, bbox_preds = self(x)
         losses = self.loss_by_feat(cls_scores, bbox_preds, batch_data_samples)
-        recipe = ProposalRecipe.from_cfg(proposal_cfg, 'train_cfg.rpn_proposal')
+        recipe = (proposal_cfg if isinstance(proposal_cfg, ProposalRecipe)
+                  else ProposalRecipe.from_cfg(proposal_cfg, 'train_cfg.rpn_proposal'))
         metas = [s.metainfo for s in batch_data_samples]
         # The RoI loss must not reach the RPN through proposal coordinates (mmdet's approximate
         # joint training): proposals are computed from detached outputs.
@@ -216,6 +215,7 @@ class RPNHead(BaseDenseHead):
             priors.append(anc[idx])                                      # (B, k, 4)
             levels.append(torch.full((k,), level, device=device, dtype=torch.long))
         boxes = self.bbox_coder.decode(torch.cat(priors, 1), torch.cat(deltas, 1))
+        # clip to each image's own (h, w): the batch padding is not image
         img_shapes = torch.tensor([m['img_shape'][:2] for m in batch_img_metas], device=device)
         boxes = clip_to_shapes(boxes, img_shapes)
         return select_proposals(torch.cat(scores, 1), boxes, torch.cat(levels),

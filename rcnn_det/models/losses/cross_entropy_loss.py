@@ -91,7 +91,7 @@ class CrossEntropyLoss(BaseModule):
     def forward(self, cls_score: Tensor, label: Tensor, weight: Tensor | None = None,
                 avg_factor: float | None = None, reduction_override: str | None = None,
                 ignore_index: int | None = None, **kwargs) -> Tensor:
-        reduction = check_reduction(reduction_override or self.reduction)
+        reduction = reduction_override or self.reduction  # checked by weight_reduce_loss
         class_weight = (cls_score.new_tensor(self.class_weight)
                         if self.class_weight is not None else None)
         if ignore_index is None:

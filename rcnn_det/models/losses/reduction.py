@@ -13,6 +13,13 @@ _EPS = torch.finfo(torch.float32).eps  # mmdet adds it to avg_factor so that 0 p
 
 def weight_reduce_loss(loss: Tensor, weight: Tensor | None = None, reduction: str = 'mean',
                        avg_factor: float | Tensor | None = None) -> Tensor:
+    """Element-wise ``loss`` times ``weight``, reduced ('none', 'mean' or 'sum').
+
+    An empty ``loss`` (no positives) reduces to a zero that stays in the graph, so that DDP
+    sees every parameter used.
+    """
+    if loss.numel() == 0 and reduction != 'none':
+        return loss.sum() * 0
     if weight is not None:
         loss = loss * weight
     if avg_factor is None:

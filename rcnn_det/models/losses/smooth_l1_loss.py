@@ -18,43 +18,32 @@ def smooth_l1_loss(pred: Tensor, target: Tensor, beta: float = 1.0) -> Tensor:
     return torch.where(diff < beta, 0.5 * diff * diff / beta, diff - 0.5 * beta)
 
 
-def l1_loss(pred: Tensor, target: Tensor) -> Tensor:
-    return (pred - target).abs()
+@MODELS.register_module()
+class SmoothL1Loss(BaseModule):
+    def __init__(self, beta: float = 1.0, reduction: str = 'mean', loss_weight: float = 1.0) -> None:
+        super().__init__()
+        self.beta = beta
+        self.reduction = check_reduction(reduction)
+        self.loss_weight = loss_weight
+
+    def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None = None,
+                avg_factor: float | None = None, reduction_override: str | None = None,
+                **kwargs) -> Tensor:
+        loss = smooth_l1_loss(pred, target, self.beta)
+        return self.loss_weight * weight_reduce_loss(
+            loss, weight, reduction_override or self.reduction, avg_factor)
 
 
-class _RegressionLoss(BaseModule):
-    """Shared forward of the two L1-type losses (a helper base, not registered)."""
-
+@MODELS.register_module()
+class L1Loss(BaseModule):
     def __init__(self, reduction: str = 'mean', loss_weight: float = 1.0) -> None:
         super().__init__()
         self.reduction = check_reduction(reduction)
         self.loss_weight = loss_weight
 
-    def elementwise(self, pred: Tensor, target: Tensor) -> Tensor:
-        raise NotImplementedError
-
     def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None = None,
                 avg_factor: float | None = None, reduction_override: str | None = None,
                 **kwargs) -> Tensor:
-        reduction = check_reduction(reduction_override or self.reduction)
-        if target.numel() == 0:
-            # No positives: a zero that still depends on pred, so DDP sees every parameter used.
-            return pred.sum() * 0
-        loss = self.elementwise(pred, target)
-        return self.loss_weight * weight_reduce_loss(loss, weight, reduction, avg_factor)
-
-
-@MODELS.register_module()
-class SmoothL1Loss(_RegressionLoss):
-    def __init__(self, beta: float = 1.0, reduction: str = 'mean', loss_weight: float = 1.0) -> None:
-        super().__init__(reduction, loss_weight)
-        self.beta = beta
-
-    def elementwise(self, pred: Tensor, target: Tensor) -> Tensor:
-        return smooth_l1_loss(pred, target, self.beta)
-
-
-@MODELS.register_module()
-class L1Loss(_RegressionLoss):
-    def elementwise(self, pred: Tensor, target: Tensor) -> Tensor:
-        return l1_loss(pred, target)
+        loss = (pred - target).abs()
+        return self.loss_weight * weight_reduce_loss(
+            loss, weight, reduction_override or self.reduction, avg_factor)

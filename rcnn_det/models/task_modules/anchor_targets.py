@@ -46,8 +46,6 @@ def anchor_targets(anchors: Tensor, valid_flags: Tensor, batch_gt_instances: lis
     avg_factor, num_pos_total = 0, 0
     for i, (gt, gt_ignore) in enumerate(zip(batch_gt_instances, batch_gt_instances_ignore)):
         valid = valid_flags[i].nonzero(as_tuple=False).squeeze(1)
-        if class_agnostic:
-            gt = InstanceData(bboxes=gt.bboxes, labels=torch.zeros_like(gt.labels))
         priors = InstanceData(priors=anchors[valid])
         assign = assigner.assign(priors, gt, gt_ignore, **(assign_kwargs or {}))
         if sampler is not None:
@@ -69,7 +67,7 @@ def anchor_targets(anchors: Tensor, valid_flags: Tensor, batch_gt_instances: lis
                       else bbox_coder.encode(anchors[pos_full], pos_gt_bboxes))
             bbox_targets[i, pos_full] = target.to(bbox_targets.dtype)
             bbox_weights[i, pos_full] = 1.0
-            labels[i, pos_full] = pos_labels
+            labels[i, pos_full] = 0 if class_agnostic else pos_labels
             label_weights[i, pos_full] = 1.0 if pos_weight <= 0 else pos_weight
         label_weights[i, neg_full] = 1.0
     return AnchorTargets(labels, label_weights, bbox_targets, bbox_weights,

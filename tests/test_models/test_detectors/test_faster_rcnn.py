@@ -101,7 +101,7 @@ def test_one_training_iteration(r50_model):
     # (zero_init_residual: each block's last BN weight starts at 0, so its branch convs get no
     # gradient on the first step; the downsample path and the BN weight itself do.)
     for name in ('backbone.layer4.0.downsample.0.weight', 'backbone.layer4.2.bn3.weight',
-                 'backbone.layer2.0.conv1.weight', 'neck.fpn_convs.0.conv.weight',
+                 'backbone.layer2.0.downsample.0.weight', 'neck.fpn_convs.0.conv.weight',
                  'rpn_head.rpn_cls.weight', 'roi_head.bbox_head.fc_reg.weight'):
         assert grads[name] is not None and grads[name].abs().sum() > 0, name
     # frozen_stages=1: the stem and layer1 get no gradient

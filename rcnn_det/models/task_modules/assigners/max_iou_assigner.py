@@ -9,9 +9,9 @@ from mmengine.structures import InstanceData
 from torch import Tensor
 
 from rcnn_det.registry import TASK_UTILS
+from rcnn_det.structures.bbox import bbox_overlaps
 
 from .assign_result import AssignResult
-from .iou2d_calculator import BboxOverlaps2D
 
 
 def max_iou_assign(ious: Tensor, pos_iou_thr: float, neg_iou_thr: float | tuple[float, float],
@@ -75,21 +75,20 @@ class MaxIoUAssigner:
         if iou_calculator not in (None, dict(type='BboxOverlaps2D')):
             raise ValueError('MaxIoUAssigner: only iou_calculator=dict(type="BboxOverlaps2D") '
                              f'is supported, got {iou_calculator}')
-        self.iou_calculator = BboxOverlaps2D()
 
     def assign(self, pred_instances: InstanceData, gt_instances: InstanceData,
                gt_instances_ignore: InstanceData | None = None, **kwargs) -> AssignResult:
         """pred_instances.priors (N, 4); gt_instances.bboxes (G, 4), labels (G,)."""
         priors, gt_bboxes = pred_instances.priors, gt_instances.bboxes
         gt_labels = gt_instances.labels
-        ious = self.iou_calculator(gt_bboxes, priors)                    # (G, N)
+        ious = bbox_overlaps(gt_bboxes, priors[:, :4])                    # (G, N)
         if (self.ignore_iof_thr > 0 and gt_instances_ignore is not None
                 and len(gt_instances_ignore) > 0 and ious.numel() > 0):
             ignored = gt_instances_ignore.bboxes
             if self.ignore_wrt_candidates:
-                iof = self.iou_calculator(priors, ignored, mode='iof').max(dim=1).values
+                iof = bbox_overlaps(priors[:, :4], ignored, mode='iof').max(dim=1).values
             else:
-                iof = self.iou_calculator(ignored, priors, mode='iof').max(dim=0).values
+                iof = bbox_overlaps(ignored, priors[:, :4], mode='iof').max(dim=0).values
             ious[:, iof > self.ignore_iof_thr] = -1
         gt_inds = max_iou_assign(ious, self.pos_iou_thr, self.neg_iou_thr, self.min_pos_iou,
                                  self.match_low_quality, self.gt_max_assign_all)

@@ -84,6 +84,8 @@ class AnchorGenerator:
         self.center_offset = center_offset
         self.round_base_anchors = round_base_anchors
         self.base_anchors = [self._level_base_anchors(i) for i in range(len(self.strides))]
+        # anchors per location of each level
+        self.num_base_priors = [a.shape[0] for a in self.base_anchors]
 
     def _level_base_anchors(self, level: int) -> Tensor:
         base = self.base_sizes[level]
@@ -96,20 +98,15 @@ class AnchorGenerator:
     def num_levels(self) -> int:
         return len(self.strides)
 
-    @property
-    def num_base_priors(self) -> list[int]:
-        """Anchors per location of each level."""
-        return [a.shape[0] for a in self.base_anchors]
-
     def grid_priors(self, featmap_sizes: list[tuple[int, int]], dtype: torch.dtype = torch.float32,
                     device: torch.device | str = 'cpu') -> list[Tensor]:
         """L tensors (H_l * W_l * A, 4) of xyxy anchors in input pixels."""
-        if len(featmap_sizes) != self.num_levels:
-            raise ValueError(f'AnchorGenerator has {self.num_levels} levels (strides '
+        if len(featmap_sizes) != len(self.strides):
+            raise ValueError(f'AnchorGenerator has {len(self.strides)} levels (strides '
                              f'{self.strides}) but got {len(featmap_sizes)} feature maps')
         return [grid_anchors(self.base_anchors[i].to(device=device, dtype=dtype),
                              tuple(featmap_sizes[i]), self.strides[i])
-                for i in range(self.num_levels)]
+                for i in range(len(self.strides))]
 
     def valid_flags(self, featmap_sizes: list[tuple[int, int]], pad_shape: tuple[int, int],
                     device: torch.device | str = 'cpu') -> list[Tensor]:
