@@ -1,9 +1,9 @@
 from .checkpoint import checkpoint_safe_globals, register_checkpoint_safe_globals
-from .config_check import check_config
+from .config_check import check_config, load_tool_config
 from .distributed import init_cpu_distributed
 from .hooks import *  # noqa: F401,F403
 
 register_checkpoint_safe_globals()
 
-__all__ = ['check_config', 'checkpoint_safe_globals', 'init_cpu_distributed',
+__all__ = ['check_config', 'load_tool_config', 'checkpoint_safe_globals', 'init_cpu_distributed',
            'register_checkpoint_safe_globals']

@@ -7,6 +7,7 @@ known key.
 from __future__ import annotations
 
 import difflib
+import os.path as osp
 
 from mmengine.config import Config
 
@@ -43,3 +44,22 @@ def check_config(cfg: Config, filename: str, training: bool = True) -> None:
         raise KeyError(f'{filename}: missing {", ".join(repr(m) for m in missing)} '
                        f'(needed to {"train" if training else "test"}; inherit them from '
                        "configs/_base_ with _base_ = [...])")
+
+
+def load_tool_config(path: str, cfg_options: dict | None, launcher: str,
+                     work_dir: str | None, training: bool) -> Config:
+    """What tools/train.py and tools/test.py do first: read ``path``, apply ``--cfg-options``,
+    check it, and choose the work dir (``--work-dir``, else the config's, else
+    ``./work_dirs/<config name>``)."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'config file not found: {path}')
+    cfg = Config.fromfile(path)
+    cfg.launcher = launcher
+    if cfg_options is not None:
+        cfg.merge_from_dict(cfg_options)
+    check_config(cfg, path, training=training)
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(path))[0])
+    return cfg

@@ -166,5 +166,5 @@ def test_bad_configuration_fails_with_clear_errors(ann_file):
     metric = CocoMetric(ann_file=ann_file)
     metric.dataset_meta = dict(classes=('cat', 'horse'))
     metric.process({}, [sample(1, [CAT_BOX], [0])])
-    with pytest.raises(KeyError, match="horse"):
+    with pytest.raises(ValueError, match="horse"):
         metric.evaluate(1)

@@ -27,6 +27,7 @@ from mmengine.structures import BaseDataElement
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from rcnn_det.datasets.coco import select_categories
 from rcnn_det.registry import METRICS
 
 # Index of each named number in COCOeval.stats, with mmdet's names. AP and the AR_s/m/l use
@@ -71,26 +72,10 @@ def encode_masks(masks: torch.Tensor | np.ndarray) -> list[dict]:
 
 
 def label_to_cat_ids(coco: COCO, classes: Sequence[str] | None, where: str) -> list[int]:
-    """Category id of each label: label i is the category named ``classes[i]``.
-
-    Matching by name, not by the json's category order (what pycocotools' getCatIds(catNms=...)
-    returns), keeps labels right when the dataset lists its classes in another order.
-    Without ``classes`` (no dataset_meta), label i is the i-th category of the json.
-    """
-    categories = coco.dataset.get('categories', [])
-    if classes is None:
-        return [cat['id'] for cat in categories]
-    ids_by_name: dict[str, list[int]] = {}
-    for cat in categories:
-        ids_by_name.setdefault(cat['name'], []).append(cat['id'])
-    missing = [name for name in classes if name not in ids_by_name]
-    if missing:
-        raise KeyError(f'CocoMetric: classes {missing} of dataset_meta are not categories of '
-                       f'{where}; its categories are {sorted(ids_by_name)}.')
-    ambiguous = [name for name in classes if len(ids_by_name[name]) > 1]
-    if ambiguous:
-        raise ValueError(f'CocoMetric: {where} has several category ids for {ambiguous}.')
-    return [ids_by_name[name][0] for name in classes]
+    """Category id of each label, by the dataset's rule (``CocoDataset``'s select_categories):
+    label i is the category named ``classes[i]``; without ``classes`` (no dataset_meta), the
+    json's categories sorted by id."""
+    return select_categories(coco.dataset.get('categories', []), classes, where)[1]
 
 
 def results_to_coco_json(preds: Sequence[dict],
