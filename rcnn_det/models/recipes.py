@@ -39,9 +39,6 @@ class RecipeReader:
         for key in accepted_no_op:
             self._cfg.pop(key, None)
 
-    def __bool__(self) -> bool:
-        return bool(self._cfg)
-
     def pop(self, key: str, default: Any = dataclasses.MISSING) -> Any:
         self._asked.append(key)
         if key in self._cfg:
@@ -58,22 +55,15 @@ class RecipeReader:
             raise unknown_key_error(self.where, key, self._asked)
 
 
-def read_dataclass(cls: type[T], cfg: dict | T | None, where: str, **renames: str) -> T | None:
-    """``cls(**cfg)`` with a clear error naming ``where`` for an unknown key.
-
-    ``renames`` maps a config key to a field name, for nested keys flattened into one field
-    (e.g. ``nms=dict(iou_threshold=0.7)`` -> ``nms_iou_thr`` is handled by the caller).
-    """
+def read_dataclass(cls: type[T], cfg: dict | T | None, where: str) -> T | None:
+    """``cls(**cfg)`` with a clear error naming ``where`` for an unknown key."""
     if cfg is None or isinstance(cfg, cls):
         return cfg
     fields = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in dict(cfg).items():
-        name = renames.get(key, key)
-        if name not in fields:
-            raise unknown_key_error(where, key, fields + list(renames))
-        kwargs[name] = value
-    return cls(**kwargs)
+    for key in cfg:
+        if key not in fields:
+            raise unknown_key_error(where, key, fields)
+    return cls(**cfg)
 
 
 def read_nms_cfg(nms: dict | None, where: str) -> float:

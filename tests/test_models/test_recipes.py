@@ -77,7 +77,6 @@ def test_recipe_reader_pop_build_and_reject_rest():
     cfg = dict(assigner=dict(type='MaxIoUAssigner', pos_iou_thr=0.7, neg_iou_thr=0.3),
                allowed_border=-1, pos_weight=-1, debug=False)
     reader = RecipeReader(cfg, 'rpn_head.train_cfg', accepted_no_op=('debug',))
-    assert bool(reader)
     assigner = reader.build('assigner', TASK_UTILS)
     assert isinstance(assigner, MaxIoUAssigner) and assigner.pos_iou_thr == 0.7
     assert reader.build('sampler', TASK_UTILS, None) is None
@@ -85,9 +84,9 @@ def test_recipe_reader_pop_build_and_reject_rest():
     assert reader.pop('missing', 42) == 42
     with pytest.raises(KeyError, match="missing required key 'nope'"):
         reader.pop('nope')
-    assert bool(reader)                       # pos_weight has not been read yet
+    with pytest.raises(KeyError, match="unknown key 'pos_weight'"):
+        reader.reject_rest()                  # pos_weight has not been read yet
     assert reader.pop('pos_weight') == -1
-    assert not reader
     reader.reject_rest()                      # nothing left: no error
     assert 'assigner' in cfg                  # the caller's dict is not consumed
 
@@ -100,7 +99,7 @@ def test_recipe_reader_reject_rest_names_closest_asked_key():
         reader.reject_rest()
     assert str(info.value) == ('"roi_head.train_cfg: unknown key \'pos_iou_th\'; '
                                'did you mean \'pos_iou_thr\'?"')
-    assert not RecipeReader(None, 'x')
+    RecipeReader(None, 'x').reject_rest()
 
 
 def test_build_or_pass():

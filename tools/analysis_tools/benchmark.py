@@ -8,12 +8,15 @@ numbers measure the model (backbone to losses / detections), not data loading. T
 iterations/s include forward, backward and an SGD step; inference images/s include
 post-processing. With ``--compare torchvision`` torchvision's ``fasterrcnn_resnet50_fpn`` (random
 init, 81 classes, backbone frozen like the mmdet recipe: stem + layer1 frozen, frozen BN) runs on
-the same inputs, and the ratios are printed.
+the same inputs, and the ratios are printed. The two models take turns, one step each, and the
+median step time is reported, so that a machine whose speed drifts (shared CPUs, clock
+scaling) affects both alike.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import statistics
 import time
 from typing import Callable
 
@@ -56,21 +59,32 @@ def random_batch(batch_size: int, shape: tuple[int, int], num_gts: int, num_clas
     return images, boxes, labels
 
 
-def timed(fn: Callable[[], None], iters: int, warmup: int, device: torch.device) -> float:
-    """Seconds per call of ``fn`` after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
+def time_call(fn: Callable[[], None], device: torch.device) -> float:
+    """Seconds one call of ``fn`` takes (waiting for the GPU to finish)."""
     if device.type == 'cuda':
         torch.cuda.synchronize()
     start = time.perf_counter()
-    for _ in range(iters):
-        fn()
+    fn()
     if device.type == 'cuda':
         torch.cuda.synchronize()
-    return (time.perf_counter() - start) / iters
+    return time.perf_counter() - start
 
 
-def bench_rcnn_det(cfg: Config, batch, args, device) -> tuple[float, float]:
+def median_step_times(steps: dict[str, Callable[[], None]], iters: int, warmup: int,
+                      device: torch.device) -> dict[str, float]:
+    """Median seconds per call of each step; the steps take turns, one call each."""
+    for _ in range(warmup):
+        for fn in steps.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(iters):
+        for name, fn in steps.items():
+            times[name].append(time_call(fn, device))
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def rcnn_det_steps(cfg: Config, batch, args, device) -> tuple[Callable, Callable]:
+    """(train step, inference step) of the config's model on ``batch``."""
     model_cfg = cfg.model
     if model_cfg.backbone.get('init_cfg', None) is not None:
         model_cfg.backbone.init_cfg = None  # random init: nothing to read from disk
@@ -107,11 +121,11 @@ def bench_rcnn_det(cfg: Config, batch, args, device) -> tuple[float, float]:
         data = model.data_preprocessor(dict(inputs=list(images), data_samples=samples()), False)
         model(**data, mode='predict')
 
-    return (timed(train_step, args.iters, args.warmup, device),
-            timed(infer_step, args.iters, args.warmup, device))
+    return train_step, infer_step
 
 
-def bench_torchvision(batch, args, device, num_classes: int) -> tuple[float, float]:
+def torchvision_steps(batch, args, device, num_classes: int) -> tuple[Callable, Callable]:
+    """(train step, inference step) of torchvision's Faster R-CNN R50-FPN on ``batch``."""
     from torchvision.models import resnet50
     from torchvision.models.detection import FasterRCNN
     from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
@@ -140,8 +154,7 @@ def bench_torchvision(batch, args, device, num_classes: int) -> tuple[float, flo
         model.eval()
         model(images)
 
-    return (timed(train_step, args.iters, args.warmup, device),
-            timed(infer_step, args.iters, args.warmup, device))
+    return train_step, infer_step
 
 
 def main() -> None:
@@ -153,13 +166,18 @@ def main() -> None:
     num_classes = cfg.model.roi_head.bbox_head.num_classes
     batch = random_batch(args.batch_size, tuple(args.shape), args.num_gts, num_classes)
     torch.manual_seed(0)
-    rows = [('rcnn_det', *bench_rcnn_det(cfg, batch, args, device))]
+    steps = {'rcnn_det': rcnn_det_steps(cfg, batch, args, device)}
     if args.compare == 'torchvision':
         torch.manual_seed(0)
-        rows.append(('torchvision', *bench_torchvision(batch, args, device, num_classes)))
+        steps['torchvision'] = torchvision_steps(batch, args, device, num_classes)
+    train = median_step_times({k: v[0] for k, v in steps.items()}, args.iters, args.warmup,
+                              device)
+    infer = median_step_times({k: v[1] for k, v in steps.items()}, args.iters, args.warmup,
+                              device)
+    rows = [(name, train[name], infer[name]) for name in steps]
     print(f'\n{args.config} on {device} ({torch.get_num_threads()} CPU threads), batch '
-          f'{args.batch_size}, input {args.shape[0]}x{args.shape[1]}, {args.iters} timed '
-          f'iterations after {args.warmup}')
+          f'{args.batch_size}, input {args.shape[0]}x{args.shape[1]}, median of {args.iters} '
+          f'timed iterations after {args.warmup}')
     print(f'{"":12s} {"train it/s":>11s} {"train s/it":>11s} {"infer img/s":>12s}')
     for name, train_s, infer_s in rows:
         print(f'{name:12s} {1 / train_s:11.3f} {train_s:11.3f} {args.batch_size / infer_s:12.3f}')

@@ -1,0 +1,26 @@
+"""tools/analysis_tools/benchmark.py measures both frameworks and prints their ratio."""
+import re
+
+import pytest
+
+from conftest import DEMO_CONFIG, PYTHON, REPO_ROOT, run_tool
+
+pytestmark = pytest.mark.slow
+
+
+def test_benchmark_compares_with_torchvision(tmp_path):
+    proc = run_tool([PYTHON, str(REPO_ROOT / 'tools/analysis_tools/benchmark.py'),
+                     str(DEMO_CONFIG), '--batch-size', '1', '--shape', '128', '160',
+                     '--iters', '1', '--warmup', '0', '--device', 'cpu',
+                     '--compare', 'torchvision'], cwd=tmp_path)
+    out = proc.stdout
+    rows = {m.group(1): (float(m.group(2)), float(m.group(4)))
+            for m in re.finditer(r'^(rcnn_det|torchvision)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$',
+                                 out, flags=re.M)}
+    assert set(rows) == {'rcnn_det', 'torchvision'}, out
+    assert all(v > 0 for pair in rows.values() for v in pair)
+    ratio = re.search(r'^ratio\s+([\d.]+)x\s+([\d.]+)x', out, flags=re.M)
+    assert ratio, out
+    # The printed ratio is the quotient of the printed speeds (rounding aside).
+    assert float(ratio.group(1)) == pytest.approx(rows['rcnn_det'][0] / rows['torchvision'][0],
+                                                  rel=0.05, abs=0.02)
