@@ -22,18 +22,14 @@ def split_two_stage_cfg(train_cfg: dict | None, test_cfg: dict | None,
     rcnn_train=train_cfg.rcnn, rpn_test=test_cfg.rpn, rcnn_test=test_cfg.rcnn); missing parts
     are None (a model built for inference only needs no train_cfg).
     """
-    parts = {}
     for name, cfg in (('train_cfg', train_cfg), ('test_cfg', test_cfg)):
         for key in (cfg or {}):
             if key not in TWO_STAGE_CFG_KEYS:
                 raise unknown_key_error(f'{where}.{name}', key, list(TWO_STAGE_CFG_KEYS))
     train_cfg, test_cfg = train_cfg or {}, test_cfg or {}
-    parts['rpn_train'] = train_cfg.get('rpn')
-    parts['rpn_proposal'] = train_cfg.get('rpn_proposal')
-    parts['rcnn_train'] = train_cfg.get('rcnn')
-    parts['rpn_test'] = test_cfg.get('rpn')
-    parts['rcnn_test'] = test_cfg.get('rcnn')
-    return parts
+    return dict(rpn_train=train_cfg.get('rpn'), rpn_proposal=train_cfg.get('rpn_proposal'),
+                rcnn_train=train_cfg.get('rcnn'), rpn_test=test_cfg.get('rpn'),
+                rcnn_test=test_cfg.get('rcnn'))
 
 
 @MODELS.register_module()
