@@ -7,8 +7,9 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from rcnn_det.engine import (init_cpu_distributed, load_tool_config,
-                             register_checkpoint_safe_globals)
+# Importing rcnn_det.engine also makes mmengine checkpoints load with weights_only=True
+# (see rcnn_det/engine/checkpoint.py), which --resume and load_from need.
+from rcnn_det.engine import init_cpu_distributed, load_tool_config
 
 
 def parse_args() -> argparse.Namespace:
@@ -59,7 +60,6 @@ def main() -> None:
         if not args.out.endswith(('.pkl', '.pickle')):
             raise ValueError(f'--out must be a .pkl file, got {args.out}')
         cfg.test_evaluator = [cfg.test_evaluator, dict(type='DumpDetResults', out_file_path=args.out)]
-    register_checkpoint_safe_globals()
     init_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.test()

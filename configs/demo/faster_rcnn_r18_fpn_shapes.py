@@ -111,6 +111,8 @@ optim_wrapper = dict(
     # fused: one kernel for all parameters; the per-tensor loop costs ~0.1 s per step on a CPU
     optimizer=dict(type='AdamW', lr=1e-3, weight_decay=1e-4, fused=True),
     clip_grad=dict(max_norm=10, norm_type=2))
+# lr 1e-3 is for 4 images per iteration: `--auto-scale-lr` rescales it for other totals
+auto_scale_lr = dict(enable=False, base_batch_size=4)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
     dict(type='CosineAnnealingLR', by_epoch=False, begin=50, end=max_iters, eta_min=2e-5)

@@ -1,6 +1,7 @@
 """End to end through the real tools on a tiny shapes dataset: train, test, resume, DDP."""
 from __future__ import annotations
 
+import json
 import pickle
 import re
 
@@ -13,13 +14,22 @@ from rcnn_det.engine import register_checkpoint_safe_globals
 pytestmark = pytest.mark.slow
 
 
+def val_image_ids(shapes_root) -> list:
+    ann = json.loads((shapes_root / 'annotations' / 'instances_val.json').read_text())
+    return sorted(img['id'] for img in ann['images'])
+
+
 def test_train_then_test(tmp_path, tiny_shapes_root):
     cfg = write_tiny_demo_config(tmp_path / 'tiny.py', tiny_shapes_root)
     work = tmp_path / 'work'
     proc = run_tool([PYTHON, str(REPO_ROOT / 'tools/train.py'), str(cfg), '--work-dir',
-                     str(work)], cwd=tmp_path)
+                     str(work), '--auto-scale-lr'], cwd=tmp_path)
     log = proc.stdout + proc.stderr
     assert 'Iter(train) [2/2]' in log
+    # --auto-scale-lr: 2 images per iteration against the demo's base of 4 halve lr 1e-3, which
+    # the tiny config's 2-iteration warm-up reaches at iteration 2.
+    assert 'Scaling the original LR by 0.5' in log
+    assert re.search(r'Iter\(train\) \[2/2\]\s+lr: 5\.0000e-04', log)
     assert re.search(r'coco/bbox_mAP: -?[0-9.]+', log), log[-3000:]
     assert 'Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all' in log
     assert (work / 'iter_2.pth').is_file()
@@ -32,8 +42,7 @@ def test_train_then_test(tmp_path, tiny_shapes_root):
     log = proc.stdout + proc.stderr
     assert re.search(r'coco/bbox_mAP: -?[0-9.]+', log)
     results = pickle.load(open(out, 'rb'))
-    assert len(results) == 4                      # every val image, in order
-    assert {r['img_id'] for r in results} == {0, 1, 2, 3} or len({r['img_id'] for r in results}) == 4
+    assert [r['img_id'] for r in results] == val_image_ids(tiny_shapes_root)  # each, once
     for r in results:
         pred = r['pred_instances']
         assert pred['bboxes'].shape[1] == 4
@@ -83,10 +92,18 @@ def test_two_process_distributed_training(tmp_path, tiny_shapes_root):
     proc = run_tool(['bash', str(REPO_ROOT / 'tools/dist_train.sh'), str(cfg), '2',
                      '--work-dir', str(work)], cwd=tmp_path)
     log = proc.stdout + proc.stderr
-    assert 'Distributed launcher: pytorch' in log or "launcher='pytorch'" in log or 'world_size: 2' in log
+    assert 'Distributed launcher: pytorch' in log and 'GPU number: 2' in log
     assert (work / 'iter_2.pth').is_file()
     assert re.search(r'coco/bbox_mAP: -?[0-9.]+', log)
-    # Each process predicted half of the 4 val images; the dump holds all of them.
+    # Each process predicted half of the 4 val images; the dump holds all of them, once each.
     results = pickle.load(open(out, 'rb'))
-    assert sorted(r['img_id'] for r in results) == sorted({r['img_id'] for r in results})
-    assert len(results) == 4
+    assert sorted(r['img_id'] for r in results) == val_image_ids(tiny_shapes_root)
+
+    # tools/dist_test.sh gathers the test predictions of both processes the same way.
+    test_out = tmp_path / 'test_results.pkl'
+    proc = run_tool(['bash', str(REPO_ROOT / 'tools/dist_test.sh'), str(cfg),
+                     str(work / 'iter_2.pth'), '2', '--work-dir', str(work), '--out',
+                     str(test_out)], cwd=tmp_path)
+    assert re.search(r'coco/bbox_mAP: -?[0-9.]+', proc.stdout + proc.stderr)
+    results = pickle.load(open(test_out, 'rb'))
+    assert sorted(r['img_id'] for r in results) == val_image_ids(tiny_shapes_root)

@@ -140,24 +140,32 @@ class RPNHead(BaseDenseHead):
                          proposal_cfg: ProposalRecipe | dict | None = None
                          ) -> tuple[dict, list[InstanceData]]:
         cls_scores, bbox_preds = self(x)
-        losses = self.loss_by_feat(cls_scores, bbox_preds, batch_data_samples)
+        # One anchor grid serves the loss and the proposals of this step.
+        anchors = self.prior_generator.grid_priors([tuple(c.shape[-2:]) for c in cls_scores],
+                                                   device=cls_scores[0].device)
+        losses = self.loss_by_feat(cls_scores, bbox_preds, batch_data_samples, anchors)
         recipe = (proposal_cfg if isinstance(proposal_cfg, ProposalRecipe)
                   else ProposalRecipe.from_cfg(proposal_cfg, 'train_cfg.rpn_proposal'))
         metas = [s.metainfo for s in batch_data_samples]
         # The RoI loss must not reach the RPN through proposal coordinates (mmdet's approximate
         # joint training): proposals are computed from detached outputs.
         proposals = self.predict_by_feat([c.detach() for c in cls_scores],
-                                         [b.detach() for b in bbox_preds], metas, recipe)
+                                         [b.detach() for b in bbox_preds], metas, recipe,
+                                         anchors)
         return losses, proposals
 
     def loss_by_feat(self, cls_scores: list[Tensor], bbox_preds: list[Tensor],
-                     batch_data_samples: SampleList) -> dict:
+                     batch_data_samples: SampleList,
+                     mlvl_anchors: list[Tensor] | None = None) -> dict:
+        """``mlvl_anchors``: the L anchor grids of these maps, when the caller has them."""
         if self.assigner is None:
             raise RuntimeError('RPNHead.loss needs a train_cfg with an assigner (and a sampler)')
         gts, gts_ignore, metas = unpack_gt_instances(batch_data_samples)
         featmap_sizes = [tuple(c.shape[-2:]) for c in cls_scores]
         device = cls_scores[0].device
-        anchors = torch.cat(self.prior_generator.grid_priors(featmap_sizes, device=device))
+        if mlvl_anchors is None:
+            mlvl_anchors = self.prior_generator.grid_priors(featmap_sizes, device=device)
+        anchors = torch.cat(mlvl_anchors)                                 # (N, 4)
         valid = torch.stack([
             torch.cat(self.prior_generator.valid_flags(featmap_sizes, meta.get(
                 'pad_shape', meta['batch_input_shape']), device)) for meta in metas])
@@ -196,11 +204,16 @@ class RPNHead(BaseDenseHead):
         return results
 
     def predict_by_feat(self, cls_scores: list[Tensor], bbox_preds: list[Tensor],
-                        batch_img_metas: list[dict], recipe: ProposalRecipe) -> list[InstanceData]:
-        """Per-level top ``nms_pre``, decode, clip, drop small, NMS per level, top K per image."""
-        featmap_sizes = [tuple(c.shape[-2:]) for c in cls_scores]
+                        batch_img_metas: list[dict], recipe: ProposalRecipe,
+                        mlvl_anchors: list[Tensor] | None = None) -> list[InstanceData]:
+        """Per-level top ``nms_pre``, decode, clip, drop small, NMS per level, top K per image.
+
+        Anchors stay float32 even under mixed precision: fp16 cannot hold pixel coordinates
+        above 2048 exactly.
+        """
         device = cls_scores[0].device
-        anchors = self.prior_generator.grid_priors(featmap_sizes, cls_scores[0].dtype, device)
+        anchors = mlvl_anchors if mlvl_anchors is not None else self.prior_generator.grid_priors(
+            [tuple(c.shape[-2:]) for c in cls_scores], device=device)
         num_images = cls_scores[0].shape[0]
         scores, deltas, priors, levels = [], [], [], []
         for level, (cls, reg, anc) in enumerate(zip(cls_scores, bbox_preds, anchors)):

@@ -255,6 +255,25 @@ def test_loss_and_predict_detaches_and_reads_dict_recipe():
         head.loss_and_predict(x, samples(), dict(max_num=10, nms_thr=0.7))
 
 
+def test_loss_and_predict_equals_separate_loss_and_predict():
+    # loss_and_predict builds the anchor grid once for both; the results must not change.
+    head = make_head()
+    x = feats(7)
+    recipe = ProposalRecipe(nms_pre=40, max_per_img=12, iou_threshold=0.7, min_bbox_size=0)
+    torch.manual_seed(0)
+    losses, proposals = head.loss_and_predict(x, samples(), recipe)
+    cls_scores, bbox_preds = head(x)
+    torch.manual_seed(0)  # the sampler draws the same random subset
+    separate = head.loss_by_feat(cls_scores, bbox_preds, samples())
+    metas = [s.metainfo for s in samples()]
+    expected = head.predict_by_feat(cls_scores, bbox_preds, metas, recipe)
+    for key in losses:
+        torch.testing.assert_close(torch.stack(losses[key]), torch.stack(separate[key]))
+    for got, want in zip(proposals, expected):
+        torch.testing.assert_close(got.bboxes, want.bboxes)
+        torch.testing.assert_close(got.scores, want.scores)
+
+
 def test_config_errors():
     with pytest.raises(KeyError, match="did you mean 'assigner'"):
         RPNHead(in_channels=4, train_cfg=dict(TRAIN_CFG, asigner=None))

@@ -51,12 +51,16 @@ class SingleRoIExtractor(BaseModule):
             raise NotImplementedError('SingleRoIExtractor: roi_scale_factor is not supported')
         roi_feats = feats[0].new_zeros(rois.shape[0], self.out_channels, *out_size)
         levels = map_roi_levels(rois, self.num_inputs, self.finest_scale)
+        unused = []
         for level in range(self.num_inputs):
             inds = (levels == level).nonzero(as_tuple=False).squeeze(1)
             if inds.numel() > 0:
                 roi_feats[inds] = self.roi_layers[level](feats[level], rois[inds]).to(
                     roi_feats.dtype)
             else:
-                # Keep every level in the graph so DDP sees all parameters used.
-                roi_feats = roi_feats + feats[level].sum() * 0
+                unused.append(feats[level])
+        if unused:
+            # A zero that keeps the levels without RoIs in the graph: DDP must see every
+            # parameter used in every iteration.
+            roi_feats = roi_feats + sum(f.sum() for f in unused) * 0
         return roi_feats
