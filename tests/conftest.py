@@ -10,6 +10,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO_ROOT / 'configs' / 'demo' / 'faster_rcnn_r18_fpn_shapes.py'
+MASK_DEMO_CONFIG = REPO_ROOT / 'configs' / 'demo' / 'mask_rcnn_r18_fpn_shapes.py'
 TINY_SHAPES = dict(num_train=8, num_val=4, img_size=(96, 128), obj_size=(24, 48), max_objects=2)
 
 
@@ -23,11 +24,12 @@ def tiny_shapes_root(tmp_path_factory) -> Path:
 
 
 def write_tiny_demo_config(path: Path, shapes_root: Path, max_iters: int = 2,
-                           checkpoint_interval: int = 2, extra: str = '') -> Path:
-    """A config inheriting the demo config, shrunk to ``max_iters`` iterations on tiny data."""
+                           checkpoint_interval: int = 2, extra: str = '',
+                           base: Path = DEMO_CONFIG) -> Path:
+    """A config inheriting a demo config, shrunk to ``max_iters`` iterations on tiny data."""
     root = f'{shapes_root}/'
     path.write_text(f"""
-_base_ = [{str(DEMO_CONFIG)!r}]
+_base_ = [{str(base)!r}]
 data_root = {root!r}
 _shapes = {TINY_SHAPES!r}
 train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,

@@ -193,7 +193,7 @@ class DetLocalVisualizer(Visualizer):
                         draw_pred: bool = True, pred_score_thr: float = 0.3) -> np.ndarray:
         """The picture ``add_datasample`` stores, returned instead: (H, k*W, 3) uint8 RGB.
 
-        k = number of drawn panels: gt_instances (if drawn and present), then pred_instances
+        k = number of drawn panels: gt_instances (if drawn and labelled), then pred_instances
         with score > pred_score_thr (if drawn and present); k = 0 returns the image itself.
         """
         image = np.asarray(image).clip(0, 255).astype(np.uint8)
@@ -202,7 +202,8 @@ class DetLocalVisualizer(Visualizer):
         panels = []
         if data_sample is not None:
             data_sample = data_sample.cpu()
-            if draw_gt and 'gt_instances' in data_sample:
+            # a test pipeline without LoadAnnotations packs an empty gt_instances
+            if draw_gt and 'gt_instances' in data_sample and 'labels' in data_sample.gt_instances:
                 panels.append(self.draw_instances(image, data_sample.gt_instances, classes,
                                                   palette))
             if draw_pred and 'pred_instances' in data_sample:

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from conftest import PYTHON, REPO_ROOT, run_tool, write_tiny_demo_config
+from conftest import MASK_DEMO_CONFIG, PYTHON, REPO_ROOT, run_tool, write_tiny_demo_config
 from rcnn_det.engine import register_checkpoint_safe_globals
 
 pytestmark = pytest.mark.slow
@@ -48,6 +48,33 @@ def test_train_then_test(tmp_path, tiny_shapes_root):
         assert pred['bboxes'].shape[1] == 4
         assert pred['bboxes'].shape[0] == pred['scores'].shape[0] == pred['labels'].shape[0]
     assert len(list(work.glob('*/vis/*.png'))) == 4
+
+
+def test_mask_rcnn_train_then_test(tmp_path, tiny_shapes_root):
+    """The Mask R-CNN demo through the tools: both COCO summaries, masks in the saved results."""
+    cfg = write_tiny_demo_config(tmp_path / 'tiny_mask.py', tiny_shapes_root,
+                                 base=MASK_DEMO_CONFIG)
+    work = tmp_path / 'work'
+    proc = run_tool([PYTHON, str(REPO_ROOT / 'tools/train.py'), str(cfg), '--work-dir',
+                     str(work)], cwd=tmp_path)
+    log = proc.stdout + proc.stderr
+    assert re.search(r'Iter\(train\) \[2/2\].*loss_mask: [0-9.]+', log), log[-3000:]
+    assert re.search(r'coco/bbox_mAP: -?[0-9.]+', log), log[-3000:]
+    assert re.search(r'coco/segm_mAP: -?[0-9.]+', log), log[-3000:]
+    assert (work / 'predictions.png').is_file()
+
+    out = tmp_path / 'results.pkl'
+    proc = run_tool([PYTHON, str(REPO_ROOT / 'tools/test.py'), str(cfg), str(work / 'iter_2.pth'),
+                     '--work-dir', str(work), '--out', str(out)], cwd=tmp_path)
+    log = proc.stdout + proc.stderr
+    assert re.search(r'coco/segm_mAP: -?[0-9.]+', log), log[-3000:]
+    assert log.count('Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all') == 2  # bbox, segm
+    results = pickle.load(open(out, 'rb'))
+    assert [r['img_id'] for r in results] == val_image_ids(tiny_shapes_root)
+    for r in results:
+        pred = r['pred_instances']
+        assert len(pred['masks']) == pred['bboxes'].shape[0]
+        assert all(rle['size'] == list(r['ori_shape']) for rle in pred['masks'])
 
 
 def test_resume_continues_from_saved_iteration(tmp_path, tiny_shapes_root):

@@ -63,6 +63,14 @@ def test_predictions_below_score_threshold_are_not_drawn():
     assert (drawn != GRAY).any()
 
 
+def test_sample_without_ground_truth_draws_the_prediction_only():
+    """A test pipeline without LoadAnnotations packs an empty gt_instances: one panel."""
+    sample = data_sample()
+    sample.gt_instances = InstanceData()
+    drawn = visualizer().draw_datasample(gray_image(), sample)
+    assert drawn.shape == (60, 80, 3) and (drawn != GRAY).any()
+
+
 def test_masks_blend_the_class_colour():
     vis = visualizer(alpha=0.5)
     mask = torch.zeros(2, 60, 80, dtype=torch.bool)

@@ -2,8 +2,9 @@
 Normalize, ...) come from mmengine's root registry and build our Resize under scope 'rcnn_det'."""
 from .formatting import PackDetInputs, image_to_tensor
 from .loading import LoadAnnotations, LoadImageFromFile, is_valid_segmentation, segmentation_to_mask
-from .transforms import Pad, RandomFlip, Resize, flip_masks, pad_masks, resize_masks
+from .transforms import (Pad, RandomCrop, RandomFlip, Resize, flip_masks, mask_tight_boxes,
+                         pad_masks, resize_masks)
 
-__all__ = ['LoadAnnotations', 'LoadImageFromFile', 'PackDetInputs', 'Pad', 'RandomFlip', 'Resize',
-           'flip_masks', 'image_to_tensor', 'is_valid_segmentation', 'pad_masks', 'resize_masks',
-           'segmentation_to_mask']
+__all__ = ['LoadAnnotations', 'LoadImageFromFile', 'PackDetInputs', 'Pad', 'RandomCrop',
+           'RandomFlip', 'Resize', 'flip_masks', 'image_to_tensor', 'is_valid_segmentation',
+           'mask_tight_boxes', 'pad_masks', 'resize_masks', 'segmentation_to_mask']

@@ -4,15 +4,18 @@ mmcv's ``Resize``, ``RandomFlip`` and ``Pad`` move the image (and boxes, seg map
 nothing of ``gt_masks``; these subclasses, registered under the same names in rcnn_det's scope,
 add the masks and keep ``gt_bboxes`` float32. mmcv's ``RandomChoiceResize``/``RandomResize``
 build whichever ``Resize`` the current default scope resolves, i.e. this one under 'rcnn_det'.
+``RandomCrop`` is mmdetection 3.x's (mmcv has none that knows boxes).
 
 Shape letters: N instances, H x W the image before, h x w after.
 """
 from __future__ import annotations
 
 import numpy as np
+from mmcv.transforms import BaseTransform
 from mmcv.transforms import Pad as MMCVPad
 from mmcv.transforms import RandomFlip as MMCVRandomFlip
 from mmcv.transforms import Resize as MMCVResize
+from mmcv.transforms.utils import cache_randomness
 
 from rcnn_det.registry import TRANSFORMS
 
@@ -45,6 +48,20 @@ def pad_masks(masks: np.ndarray, out_shape: tuple[int, int], pad_val: int = 0) -
     padded = np.full((num, *out_shape), pad_val, dtype=masks.dtype)
     padded[:, :height, :width] = masks
     return padded
+
+
+def mask_tight_boxes(masks: np.ndarray) -> np.ndarray:
+    """(N, H, W) masks -> (N, 4) float32 xyxy boxes around each mask's pixels.
+
+    x2/y2 are exclusive (last index + 1), an empty mask gives [0, 0, 0, 0]: mmdet's
+    ``BitmapMasks.get_bboxes``.
+    """
+    _, height, width = masks.shape
+    cols, rows = masks.any(axis=1), masks.any(axis=2)           # (N, W), (N, H)
+    boxes = np.stack([cols.argmax(1), rows.argmax(1),
+                      width - cols[:, ::-1].argmax(1), height - rows[:, ::-1].argmax(1)], axis=1)
+    boxes[~cols.any(axis=1)] = 0
+    return boxes.astype(np.float32)
 
 
 @TRANSFORMS.register_module()
@@ -100,3 +117,132 @@ class Pad(MMCVPad):
             results['gt_masks'] = pad_masks(results['gt_masks'], results['pad_shape'][:2],
                                             self.pad_val.get('masks', 0))
         return results
+
+
+CROP_TYPES = ('absolute', 'absolute_range', 'relative', 'relative_range')
+
+
+def _check_crop_size(crop_size: tuple | list, crop_type: str) -> tuple:
+    """Validate mmdet's ``crop_size`` for ``crop_type``; returns it as a 2-tuple."""
+    if crop_type not in CROP_TYPES:
+        raise ValueError(f'RandomCrop: crop_type must be one of {CROP_TYPES}, got {crop_type!r}')
+    if isinstance(crop_size, (str, bytes)) or np.ndim(crop_size) != 1 or len(crop_size) != 2:
+        raise ValueError(f'RandomCrop: crop_size must be a pair of numbers, got {crop_size!r}')
+    first, second = crop_size
+    if crop_type.startswith('absolute'):
+        meaning = '(min, max) side in px' if crop_type == 'absolute_range' else '(h, w) in px'
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
+                   for v in crop_size):
+            raise ValueError(f'RandomCrop: crop_size must be positive ints {meaning} for '
+                             f'crop_type={crop_type!r}, got {crop_size!r}')
+        if crop_type == 'absolute_range' and first > second:
+            raise ValueError(f'RandomCrop: crop_size {meaning} needs min <= max for '
+                             f"crop_type='absolute_range', got {crop_size!r}")
+    elif not all(isinstance(v, (int, float, np.number)) and 0 < v <= 1 for v in crop_size):
+        raise ValueError(f'RandomCrop: crop_size must be two fractions in (0, 1] of (h, w) for '
+                         f'crop_type={crop_type!r}, got {crop_size!r}')
+    return (first, second)
+
+
+@TRANSFORMS.register_module()
+class RandomCrop(BaseTransform):
+    """mmdetection 3.x's ``RandomCrop``: a random window of the image, boxes and masks.
+
+    The crop size (h, w), at most the image's, comes from ``crop_type``:
+        'absolute':       ``crop_size`` = (h, w) px
+        'absolute_range': h and w each uniform in ints [crop_size[0], crop_size[1]]
+        'relative':       ``crop_size`` = (h, w) fractions of the image's sides
+        'relative_range': fractions uniform in [crop_size[i], 1]
+    The window's top-left corner is uniform in [0, H - h] x [0, W - w]. Random draws use
+    ``np.random`` in mmdet's order, so mmengine's seed gives the crops mmdet gives.
+
+    Crops ``img`` (view), ``gt_masks`` (N, H, W) -> (K, h, w) and ``gt_seg_map``; sets
+    ``img_shape`` (h, w). Boxes are shifted into the window and clipped to it when
+    ``bbox_clip_border``; a box is kept (with its label, mask and ignore flag) when its part
+    inside the window has positive width and height, mmdet's ``is_inside`` test. (mmdet also
+    keeps a box that had zero width or height before the crop; rcnn_det drops it.)
+
+    Args:
+        allow_negative_crop: keep a window without any box; otherwise the transform returns
+            None and mmengine's dataset draws another image, as in mmdet.
+        recompute_bbox: replace each kept box by the tight box of its cropped mask.
+        bbox_clip_border: clip the shifted boxes to the window.
+    """
+
+    def __init__(self, crop_size: tuple, crop_type: str = 'absolute',
+                 allow_negative_crop: bool = False, recompute_bbox: bool = False,
+                 bbox_clip_border: bool = True) -> None:
+        self.crop_size = _check_crop_size(crop_size, crop_type)
+        self.crop_type = crop_type
+        self.allow_negative_crop = allow_negative_crop
+        self.recompute_bbox = recompute_bbox
+        self.bbox_clip_border = bbox_clip_border
+
+    @cache_randomness
+    def _get_crop_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """(H, W) of the image -> (h, w) of the window, h <= H, w <= W."""
+        height, width = image_size
+        if self.crop_type == 'absolute':
+            return min(self.crop_size[0], height), min(self.crop_size[1], width)
+        if self.crop_type == 'absolute_range':
+            low, high = self.crop_size
+            return (np.random.randint(min(height, low), min(height, high) + 1),
+                    np.random.randint(min(width, low), min(width, high) + 1))
+        fractions = self.crop_size
+        if self.crop_type == 'relative_range':
+            low = np.asarray(self.crop_size, dtype=np.float32)  # float32 as mmdet, same rounding
+            fractions = low + np.random.rand(2) * (1 - low)
+        # mmdet rounds half up; a window never has a zero side, even on a tiny image.
+        return max(int(height * fractions[0] + 0.5), 1), max(int(width * fractions[1] + 0.5), 1)
+
+    @cache_randomness
+    def _rand_offset(self, margin: tuple[int, int]) -> tuple[int, int]:
+        """(H - h, W - w) -> (top, left), each uniform in [0, margin]."""
+        return np.random.randint(0, margin[0] + 1), np.random.randint(0, margin[1] + 1)
+
+    def _shift_boxes(self, boxes: np.ndarray, window: tuple[int, int, int, int]
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 4) xyxy image boxes -> (N, 4) boxes in the window and (N,) bool "keep"."""
+        left, top, right, bottom = window
+        shifted = boxes - np.array([left, top, left, top], dtype=boxes.dtype)
+        clipped = shifted.copy()
+        clipped[:, 0::2] = clipped[:, 0::2].clip(0, right - left)
+        clipped[:, 1::2] = clipped[:, 1::2].clip(0, bottom - top)
+        keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+        return (clipped if self.bbox_clip_border else shifted), keep
+
+    def transform(self, results: dict) -> dict | None:
+        """Crop ``results`` in place; None when no box is left and negative crops are not
+        allowed (nothing is changed then)."""
+        height, width = results['img'].shape[:2]
+        crop_h, crop_w = self._get_crop_size((height, width))
+        top, left = self._rand_offset((height - crop_h, width - crop_w))
+        window = (left, top, left + crop_w, top + crop_h)
+        kept = None  # (K,) indices of the instances kept; None: no boxes, keep every mask
+        if results.get('gt_bboxes') is not None:
+            boxes, inside = self._shift_boxes(results['gt_bboxes'], window)
+            if not inside.any() and not self.allow_negative_crop:
+                return None
+            kept = np.flatnonzero(inside)
+            results['gt_bboxes'] = boxes[kept]
+            for key in ('gt_bboxes_labels', 'gt_ignore_flags'):
+                if results.get(key) is not None:
+                    results[key] = results[key][kept]
+        rows, cols = slice(top, top + crop_h), slice(left, left + crop_w)
+        results['img'] = results['img'][rows, cols]
+        results['img_shape'] = results['img'].shape[:2]
+        if results.get('gt_seg_map') is not None:
+            results['gt_seg_map'] = results['gt_seg_map'][rows, cols]
+        if results.get('gt_masks') is not None:
+            masks = results['gt_masks']
+            kept = np.arange(len(masks)) if kept is None else kept
+            results['gt_masks'] = masks[kept, rows, cols]  # (K, h, w), a contiguous copy
+            if self.recompute_bbox and results.get('gt_bboxes') is not None:
+                results['gt_bboxes'] = mask_tight_boxes(results['gt_masks'])
+        return results
+
+    def __repr__(self) -> str:
+        return (f'{type(self).__name__}(crop_size={self.crop_size}, '
+                f'crop_type={self.crop_type!r}, allow_negative_crop={self.allow_negative_crop}, '
+                f'recompute_bbox={self.recompute_bbox}, '
+                f'bbox_clip_border={self.bbox_clip_border})')

@@ -86,19 +86,32 @@ class TwoStageDetector(BaseDetector):
         return self.add_pred_to_datasample(data_samples, results)
 
     def _forward(self, inputs: Tensor, data_samples: SampleList | None = None):
-        """Raw outputs: (rpn cls_scores, rpn bbox_preds, roi cls_score, roi bbox_pred)."""
+        """Raw outputs: (rpn cls_scores, rpn bbox_preds, roi cls_score, roi bbox_pred[, mask
+        logits of the first 100 proposals])."""
         x = self.extract_feat(inputs)
         rpn_outs = self.rpn_head(x)
         if data_samples is None:
             return rpn_outs
         proposals = self.rpn_head.predict(x, data_samples, rescale=False)
         rois = bbox2roi([p.bboxes for p in proposals])
-        return rpn_outs + self.roi_head.bbox_forward(x, rois)
+        outs = rpn_outs + self.roi_head.bbox_forward(x, rois)
+        if getattr(self.roi_head, 'with_mask', False):
+            outs = outs + (self.roi_head.mask_forward(x, rois[:100]),)
+        return outs
 
 
 @MODELS.register_module()
 class FasterRCNN(TwoStageDetector):
     """Faster R-CNN (Ren et al., 2015): mmdetection's config name for ``TwoStageDetector``.
+
+    Registers the official name only; it overrides nothing.
+    """
+
+
+@MODELS.register_module()
+class MaskRCNN(TwoStageDetector):
+    """Mask R-CNN (He et al., 2017): mmdetection's config name for ``TwoStageDetector`` whose
+    ``roi_head`` has a ``mask_head``.
 
     Registers the official name only; it overrides nothing.
     """

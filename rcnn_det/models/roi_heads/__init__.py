@@ -1,7 +1,8 @@
 from .base_roi_head import BaseRoIHead
 from .bbox_heads import RoITargets, Shared2FCBBoxHead
+from .mask_heads import FCNMaskHead, MaskTargetRecipe
 from .roi_extractors import SingleRoIExtractor
 from .standard_roi_head import StandardRoIHead
 
-__all__ = ['BaseRoIHead', 'RoITargets', 'Shared2FCBBoxHead', 'SingleRoIExtractor',
-           'StandardRoIHead']
+__all__ = ['BaseRoIHead', 'FCNMaskHead', 'MaskTargetRecipe', 'RoITargets', 'Shared2FCBBoxHead',
+           'SingleRoIExtractor', 'StandardRoIHead']
