@@ -67,8 +67,9 @@ def paste_masks(mask_probs: Tensor, boxes: Tensor, img_hw: tuple[int, int],
                       dtype=torch.bool if binary else torch.uint8)
     if mask_probs.shape[0] == 0 or height == 0 or width == 0:
         return out
-    # a sampling grid (2 floats) and the sampled map (1 float) per pixel of the image
-    step = max(1, max_bytes // (height * width * 3 * mask_probs.element_size()))
+    # per pixel of the image: a sampling grid (2 floats), the sampled map (1 float), and the
+    # row/column/threshold flags and grid_sample's scratch (counted as 1 more)
+    step = max(1, max_bytes // (height * width * 4 * mask_probs.element_size()))
     for start in range(0, mask_probs.shape[0], step):
         chunk = slice(start, start + step)
         region, probs = _paste_region(mask_probs[chunk], boxes[chunk], height, width)
@@ -107,4 +108,4 @@ def _paste_region(mask_probs: Tensor, boxes: Tensor, height: int, width: int
     rows = ys - 0.5
     col_in = (cols >= bx0.floor() - 1) & (cols < bx1.ceil() + 1)           # (d, w)
     row_in = (rows >= by0.floor() - 1) & (rows < by1.ceil() + 1)           # (d, h)
-    return ((y0, y1), (x0, x1)), probs * (row_in[:, :, None] & col_in[:, None, :])
+    return ((y0, y1), (x0, x1)), probs.mul_(row_in[:, :, None] & col_in[:, None, :])

@@ -291,7 +291,7 @@ def test_paste_hand_computed_constant_map():
 def test_paste_does_not_depend_on_chunk_size(threshold):
     probs, boxes = paste_inputs(20, 3, max_side=28)
     default = paste_masks(probs, boxes, IMG_HW, threshold)
-    for max_bytes in (1, IMG_HW[0] * IMG_HW[1] * 3 * 4 * 3):   # 1 and 3 masks per chunk
+    for max_bytes in (1, IMG_HW[0] * IMG_HW[1] * 4 * 4 * 3):   # 1 and 3 masks per chunk
         assert torch.equal(paste_masks(probs, boxes, IMG_HW, threshold, max_bytes=max_bytes),
                            default)
 

@@ -142,3 +142,14 @@ def test_predict_mask_on_hand_made_detections(r50_mask_model, features_of_one_im
     # the full per-pixel reference, on the boxes' padded extent (zero elsewhere at 0.5)
     ref = paste_reference(probs, res.bboxes, frame, region_boxes=res.bboxes)
     assert_binary_matches(res.masks, ref, 0.5)
+
+
+def test_tensor_mode_adds_the_mask_logits_of_the_first_100_proposals(r50_mask_model):
+    model = r50_mask_model.eval()
+    with torch.no_grad():
+        data = model.data_preprocessor(make_batch([(96, 128)]), False)
+        outs = model(data['inputs'], data['data_samples'], mode='tensor')
+    # rpn cls scores, rpn box deltas, roi cls scores, roi box deltas, mask logits
+    assert len(outs) == 5
+    num_rois = outs[2].shape[0]
+    assert outs[4].shape == (min(num_rois, 100), 80, 28, 28)
