@@ -65,9 +65,11 @@ def test_mask_rcnn_train_then_test(tmp_path, tiny_shapes_root):
 
     out = tmp_path / 'results.pkl'
     proc = run_tool([PYTHON, str(REPO_ROOT / 'tools/test.py'), str(cfg), str(work / 'iter_2.pth'),
-                     '--work-dir', str(work), '--out', str(out)], cwd=tmp_path)
+                     '--work-dir', str(work), '--out', str(out), '--show-dir', 'vis'],
+                    cwd=tmp_path)
     log = proc.stdout + proc.stderr
     assert re.search(r'coco/segm_mAP: -?[0-9.]+', log), log[-3000:]
+    assert len(list(work.glob('*/vis/*.png'))) == 4
     assert log.count('Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all') == 2  # bbox, segm
     results = pickle.load(open(out, 'rb'))
     assert [r['img_id'] for r in results] == val_image_ids(tiny_shapes_root)
