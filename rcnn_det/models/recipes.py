@@ -121,3 +121,25 @@ class DetectionRecipe:
         nms = cfg.pop('nms', None)
         recipe = read_dataclass(cls, cfg, where)
         return dataclasses.replace(recipe, iou_threshold=read_nms_cfg(nms, where))
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseDetectionRecipe:
+    """How a one-stage head turns its outputs into detections (mmdet's single-stage
+    ``test_cfg``): per level, the ``nms_pre`` best (anchor, class) pairs above ``score_thr``;
+    then boxes with a side <= ``min_bbox_size`` dropped, per-class NMS, ``max_per_img`` best."""
+    nms_pre: int = -1            # < 0: every pair above score_thr
+    min_bbox_size: float = -1    # < 0: keep all
+    score_thr: float = 0.0
+    iou_threshold: float = 0.5
+    max_per_img: int = 100
+
+    @classmethod
+    def from_cfg(cls, cfg: dict | DenseDetectionRecipe | None, where: str
+                 ) -> DenseDetectionRecipe | None:
+        if cfg is None or isinstance(cfg, DenseDetectionRecipe):
+            return cfg
+        cfg = dict(cfg)
+        nms = cfg.pop('nms', None)
+        recipe = read_dataclass(cls, cfg, where)
+        return dataclasses.replace(recipe, iou_threshold=read_nms_cfg(nms, where))

@@ -38,13 +38,14 @@ def bbox_overlaps(boxes1: Tensor, boxes2: Tensor, mode: str = 'iou',
     rb = torch.minimum(boxes1[..., 2:], boxes2[..., 2:])
     overlap = (rb - lt).clamp(min=0).prod(-1)
     area1, area2 = box_area(boxes1), box_area(boxes2)
-    union = area1 if mode == 'iof' else area1 + area2 - overlap
-    ious = overlap / union.clamp(min=eps)
+    union = (area1 if mode == 'iof' else area1 + area2 - overlap).clamp(min=eps)
+    ious = overlap / union
     if mode != 'giou':
         return ious
     enclose = (torch.maximum(boxes1[..., 2:], boxes2[..., 2:])
                - torch.minimum(boxes1[..., :2], boxes2[..., :2])).clamp(min=0).prod(-1)
-    return ious - (enclose - union) / enclose.clamp(min=eps)
+    enclose = enclose.clamp(min=eps)
+    return ious - (enclose - union) / enclose
 
 
 def bbox_xyxy_to_cxcywh(boxes: Tensor) -> Tensor:

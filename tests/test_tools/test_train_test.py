@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from conftest import MASK_DEMO_CONFIG, PYTHON, REPO_ROOT, run_tool, write_tiny_demo_config
+from conftest import ATSS_DEMO_CONFIG, MASK_DEMO_CONFIG, PYTHON, REPO_ROOT, run_tool, write_tiny_demo_config
 from rcnn_det.engine import register_checkpoint_safe_globals
 
 pytestmark = pytest.mark.slow
@@ -77,6 +77,23 @@ def test_mask_rcnn_train_then_test(tmp_path, tiny_shapes_root):
         pred = r['pred_instances']
         assert len(pred['masks']) == pred['bboxes'].shape[0]
         assert all(rle['size'] == list(r['ori_shape']) for rle in pred['masks'])
+
+
+def test_atss_train_then_test(tmp_path, tiny_shapes_root):
+    """The ATSS demo through the tools: its three losses logged, COCO bbox mAP reported."""
+    cfg = write_tiny_demo_config(tmp_path / 'tiny_atss.py', tiny_shapes_root,
+                                 base=ATSS_DEMO_CONFIG)
+    work = tmp_path / 'work'
+    proc = run_tool([PYTHON, str(REPO_ROOT / 'tools/train.py'), str(cfg), '--work-dir',
+                     str(work)], cwd=tmp_path)
+    log = proc.stdout + proc.stderr
+    assert re.search(r'Iter\(train\) \[2/2\].*loss_cls: [0-9.]+.*loss_bbox: [0-9.]+'
+                     r'.*loss_centerness: [0-9.]+', log), log[-3000:]
+    assert re.search(r'coco/bbox_mAP: -?[0-9.]+', log), log[-3000:]
+    assert (work / 'predictions.png').is_file()
+    proc = run_tool([PYTHON, str(REPO_ROOT / 'tools/test.py'), str(cfg), str(work / 'iter_2.pth'),
+                     '--work-dir', str(work)], cwd=tmp_path)
+    assert re.search(r'coco/bbox_mAP: -?[0-9.]+', proc.stdout + proc.stderr)
 
 
 def test_resume_continues_from_saved_iteration(tmp_path, tiny_shapes_root):

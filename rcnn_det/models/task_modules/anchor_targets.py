@@ -1,6 +1,6 @@
 """``anchor_targets()``: classification and regression targets of every anchor of a batch.
 
-Shared by the anchor-based dense heads (RPNHead now, ATSSHead later). Shape letters: B images,
+Shared by the anchor-based dense heads (RPNHead, ATSSHead). Shape letters: B images,
 N anchors per image over all levels, G ground-truth boxes of one image, C classes (C =
 background label).
 """
@@ -28,7 +28,7 @@ def anchor_targets(anchors: Tensor, valid_flags: Tensor, batch_gt_instances: lis
                    batch_gt_instances_ignore: list[InstanceData | None], assigner, sampler,
                    bbox_coder, num_classes: int, pos_weight: float = -1,
                    reg_decoded_bbox: bool = False, class_agnostic: bool = False,
-                   assign_kwargs: dict | None = None) -> AnchorTargets:
+                   level_sizes: list[int] | None = None) -> AnchorTargets:
     """Assign, sample and encode, one image at a time (image sizes and box counts differ).
 
     Args:
@@ -37,6 +37,9 @@ def anchor_targets(anchors: Tensor, valid_flags: Tensor, batch_gt_instances: lis
         sampler: a RandomSampler-like object, or None to keep every positive and negative
             (mmdet's PseudoSampler; then ``avg_factor`` counts positives only).
         class_agnostic: every object is class 0 (the RPN).
+        level_sizes: anchors per level; given, the assigner is called as mmdet calls ATSS,
+            ``assign(priors, num_level_priors, gt, gt_ignore)`` with each image's count of valid
+            anchors per level.
     """
     num_images, num_anchors = valid_flags.shape
     labels = anchors.new_full((num_images, num_anchors), num_classes, dtype=torch.long)
@@ -47,7 +50,11 @@ def anchor_targets(anchors: Tensor, valid_flags: Tensor, batch_gt_instances: lis
     for i, (gt, gt_ignore) in enumerate(zip(batch_gt_instances, batch_gt_instances_ignore)):
         valid = valid_flags[i].nonzero(as_tuple=False).squeeze(1)
         priors = InstanceData(priors=anchors[valid])
-        assign = assigner.assign(priors, gt, gt_ignore, **(assign_kwargs or {}))
+        if level_sizes is None:
+            assign = assigner.assign(priors, gt, gt_ignore)
+        else:  # mmdet's ATSS signature: the level counts come second
+            counts = [int(v.sum()) for v in valid_flags[i].split(level_sizes)]
+            assign = assigner.assign(priors, counts, gt, gt_ignore)
         if sampler is not None:
             result = sampler.sample(assign, priors, gt)
             pos, neg = result.pos_inds, result.neg_inds
