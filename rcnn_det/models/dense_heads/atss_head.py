@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmcv.cnn import ConvModule, Scale
 from mmengine.structures import InstanceData
 from torch import Tensor
@@ -229,14 +228,14 @@ class ATSSHead(BaseDenseHead):
         center = [flatten_levels([c], 1)[..., 0].sigmoid() for c in centernesses]
         results = []
         for i, meta in enumerate(batch_img_metas):
-            picks = [self.top_pairs(c[i], recipe) for c in cls]          # per level
-            priors = torch.cat([a[p[0]] for a, p in zip(anchors, picks)])
-            boxes = self.bbox_coder.decode(priors, torch.cat([d[i][p[0]]
-                                                               for d, p in zip(deltas, picks)]))
+            # per level: (anchor index, label, class probability) of the best pairs
+            picks = [self.top_pairs(c[i], recipe) for c in cls]
+            priors = torch.cat([a[idx] for a, (idx, _, _) in zip(anchors, picks)])
+            offsets = torch.cat([d[i][idx] for d, (idx, _, _) in zip(deltas, picks)])
             img_shape = torch.tensor([meta['img_shape'][:2]], device=device)
-            boxes = clip_to_shapes(boxes[None], img_shape)[0]
-            scores = torch.cat([p[2] * c[i][p[0]] for c, p in zip(center, picks)])
-            labels = torch.cat([p[1] for p in picks])
+            boxes = clip_to_shapes(self.bbox_coder.decode(priors, offsets)[None], img_shape)[0]
+            scores = torch.cat([prob * c[i][idx] for c, (idx, _, prob) in zip(center, picks)])
+            labels = torch.cat([label for _, label, _ in picks])
             if rescale:
                 sx, sy = meta['scale_factor']
                 boxes = scale_boxes(boxes, (1 / sx, 1 / sy))
