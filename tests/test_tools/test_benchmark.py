@@ -24,3 +24,13 @@ def test_benchmark_compares_with_torchvision(tmp_path):
     # The printed ratio is the quotient of the printed speeds (rounding aside).
     assert float(ratio.group(1)) == pytest.approx(rows['rcnn_det'][0] / rows['torchvision'][0],
                                                   rel=0.05, abs=0.02)
+
+
+@pytest.mark.parametrize('config', ['configs/demo/atss_r18_fpn_shapes.py',
+                                    'configs/demo/mask_rcnn_r18_fpn_shapes.py'])
+def test_benchmark_runs_one_stage_and_mask_configs(tmp_path, config):
+    proc = run_tool([PYTHON, str(REPO_ROOT / 'tools/analysis_tools/benchmark.py'),
+                     str(REPO_ROOT / config), '--batch-size', '1', '--shape', '128', '160',
+                     '--iters', '1', '--warmup', '0', '--device', 'cpu'], cwd=tmp_path)
+    row = re.search(r'^rcnn_det\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$', proc.stdout, flags=re.M)
+    assert row and float(row.group(1)) > 0 and float(row.group(3)) > 0, proc.stdout

@@ -6,7 +6,8 @@
 Inputs are random images of one fixed shape with a few random ground-truth boxes each, so the
 numbers measure the model (backbone to losses / detections), not data loading. Training
 iterations/s include forward, backward and an SGD step; inference images/s include
-post-processing. With ``--compare torchvision`` torchvision's ``fasterrcnn_resnet50_fpn`` (random
+post-processing. Any detector config works (Faster/Mask R-CNN, ATSS, ...). With ``--compare
+torchvision`` torchvision's ``fasterrcnn_resnet50_fpn`` (random
 init, 81 classes, backbone frozen like the mmdet recipe: stem + layer1 frozen, frozen BN) runs on
 the same inputs, and the ratios are printed. The two models take turns, one step each, and the
 median step time is reported, so that a machine whose speed drifts (shared CPUs, clock
@@ -59,6 +60,14 @@ def random_batch(batch_size: int, shape: tuple[int, int], num_gts: int, num_clas
     return images, boxes, labels
 
 
+def box_masks(boxes: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """(G, 4) boxes -> (G, H, W) uint8 masks filling each box."""
+    ys = torch.arange(shape[0], dtype=torch.float32)[None, :, None] + 0.5
+    xs = torch.arange(shape[1], dtype=torch.float32)[None, None, :] + 0.5
+    x1, y1, x2, y2 = (c[:, None, None] for c in boxes.unbind(1))
+    return ((xs >= x1) & (xs < x2) & (ys >= y1) & (ys < y2)).to(torch.uint8)
+
+
 def time_call(fn: Callable[[], None], device: torch.device) -> float:
     """Seconds one call of ``fn`` takes (waiting for the GPU to finish)."""
     if device.type == 'cuda':
@@ -93,13 +102,14 @@ def rcnn_det_steps(cfg: Config, batch, args, device) -> tuple[Callable, Callable
     model.init_weights()
     images, boxes, labels = batch
     h, w = args.shape
+    masks = [box_masks(b, (h, w)) for b in boxes]   # for models with a mask head
 
     def samples():
         out = []
-        for b, l in zip(boxes, labels):
+        for b, l, m in zip(boxes, labels, masks):
             s = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w),
                                             scale_factor=(1.0, 1.0)))
-            s.gt_instances = InstanceData(bboxes=b.clone(), labels=l.clone())
+            s.gt_instances = InstanceData(bboxes=b.clone(), labels=l.clone(), masks=m)
             out.append(s)
         return out
 
@@ -157,13 +167,26 @@ def torchvision_steps(batch, args, device, num_classes: int) -> tuple[Callable, 
     return train_step, infer_step
 
 
+def config_num_classes(model_cfg) -> int:
+    """The class count of a two-stage (roi_head.bbox_head), one-stage (bbox_head) or DETR-style
+    (query_head) model config."""
+    for path in (('roi_head', 'bbox_head'), ('bbox_head',), ('query_head',)):
+        node = model_cfg
+        for key in path:
+            node = node.get(key) if node is not None else None
+        if node is not None and 'num_classes' in node:
+            return node['num_classes']
+    raise KeyError('benchmark: cannot find num_classes in model.roi_head.bbox_head, '
+                   'model.bbox_head or model.query_head')
+
+
 def main() -> None:
     args = parse_args()
     device = torch.device(args.device)
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    num_classes = cfg.model.roi_head.bbox_head.num_classes
+    num_classes = config_num_classes(cfg.model)
     batch = random_batch(args.batch_size, tuple(args.shape), args.num_gts, num_classes)
     torch.manual_seed(0)
     steps = {'rcnn_det': rcnn_det_steps(cfg, batch, args, device)}
