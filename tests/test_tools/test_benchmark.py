@@ -34,3 +34,13 @@ def test_benchmark_runs_one_stage_and_mask_configs(tmp_path, config):
                      '--iters', '1', '--warmup', '0', '--device', 'cpu'], cwd=tmp_path)
     row = re.search(r'^rcnn_det\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$', proc.stdout, flags=re.M)
     assert row and float(row.group(1)) > 0 and float(row.group(3)) > 0, proc.stdout
+
+
+def test_deformable_attention_benchmark(tmp_path):
+    proc = run_tool([PYTHON, str(REPO_ROOT / 'tools/analysis_tools/benchmark_deform_attn.py'),
+                     '--shape', '64', '96', '--iters', '1', '--warmup', '0', '--device', 'cpu'],
+                    cwd=tmp_path)
+    assert 'levels [(8, 12), (4, 6), (2, 3), (1, 2)] (N_v = 128)' in proc.stdout, proc.stdout
+    rows = re.findall(r'^(encoder|decoder) .*?\s([\d.]+)\s+([\d.]+)$', proc.stdout, flags=re.M)
+    assert [r[0] for r in rows] == ['encoder', 'decoder'], proc.stdout
+    assert all(float(fwd) > 0 and float(both) > 0 for _, fwd, both in rows)
