@@ -4,8 +4,10 @@
 # predictions on a few val images into work_dirs/atss_r18_fpn_shapes/predictions.png, within 15
 # minutes on a 2-core CPU.
 #
-# The data, schedule and optimizer are the Faster R-CNN demo's (see faster_rcnn_r18_fpn_shapes.py
-# for why); the model is mmdetection's ATSS recipe sized for 224 px inputs:
+# The data and optimizer are the Faster R-CNN demo's (see faster_rcnn_r18_fpn_shapes.py for why),
+# trained for 1500 iterations instead of 800 (measured: 0.615 bbox mAP after 800, 0.884 after
+# 1500: a one-stage head learns its classes from every anchor, more slowly than an RoI head on
+# sampled proposals); the model is mmdetection's ATSS recipe sized for 224 px inputs:
 #   - FPN from C3 with extra levels from its outputs (as the COCO recipe), but 4 levels (strides
 #     8-64) of 128 channels instead of 5 of 256: the objects are 28-96 px;
 #   - anchors of 4x the stride (32-256 px; COCO: 8x); ATSS picks positives by centre distance
@@ -14,6 +16,7 @@
 _base_ = './faster_rcnn_r18_fpn_shapes.py'
 
 classes = ('circle', 'square', 'triangle', 'star')
+max_iters = 1500
 
 model = dict(
     _delete_=True,
@@ -73,3 +76,9 @@ model = dict(
         score_thr=0.05,
         nms=dict(type='nms', iou_threshold=0.6),
         max_per_img=100))
+
+train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
+    dict(type='CosineAnnealingLR', by_epoch=False, begin=50, end=max_iters, eta_min=2e-5)
+]
