@@ -259,7 +259,8 @@ class DetrTransformerEncoder(BaseModule):
         self.embed_dims = self.layers[0].embed_dims
         pre_norm = self.layers[0].pre_norm
         if post_norm_cfg is not None and dict(post_norm_cfg).get('type') != 'LN':
-            raise ValueError("DetrTransformerEncoder: post_norm_cfg must be None or dict(type='LN')")
+            raise ValueError('DetrTransformerEncoder: post_norm_cfg must be None or '
+                             "dict(type='LN')")
         if pre_norm and post_norm_cfg is None:
             raise ValueError('DetrTransformerEncoder: pre-norm layers need a post_norm_cfg '
                              "(dict(type='LN')) to normalise their output")
