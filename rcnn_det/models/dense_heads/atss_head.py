@@ -17,8 +17,8 @@ from torchvision.ops import batched_nms
 from rcnn_det.registry import MODELS, TASK_UTILS
 from rcnn_det.structures import SampleList, scale_boxes, unpack_gt_instances
 
-from ..recipes import DenseDetectionRecipe, RecipeReader, build_or_pass
-from ..task_modules.anchor_targets import anchor_targets
+from ..recipes import DenseDetectionRecipe, build_or_pass
+from ..task_modules.anchor_targets import anchor_targets, read_anchor_train_cfg
 from ..task_modules.samplers import PseudoSampler
 from ..utils import reduce_mean
 from .base_dense_head import BaseDenseHead
@@ -110,17 +110,8 @@ class ATSSHead(BaseDenseHead):
                                          padding=pad)
         self.scales = nn.ModuleList(Scale(1.0) for _ in self.prior_generator.strides)
 
-        train = RecipeReader(train_cfg, 'bbox_head.train_cfg', accepted_no_op=('debug',))
-        self.assigner = train.build('assigner', TASK_UTILS, None)
-        self.sampler = train.build('sampler', TASK_UTILS, None)
-        self.allowed_border = train.pop('allowed_border', -1)
-        self.pos_weight = train.pop('pos_weight', -1)
-        train.reject_rest()
-        if train_cfg is not None and self.assigner is None:
-            raise KeyError("bbox_head.train_cfg: missing required key 'assigner'")
-        if self.allowed_border >= 0:
-            raise NotImplementedError('bbox_head.train_cfg.allowed_border >= 0 is not '
-                                      'supported; use -1 (every anchor is used)')
+        self.assigner, self.sampler, self.pos_weight = read_anchor_train_cfg(
+            train_cfg, 'bbox_head.train_cfg')
         if self.sampler is not None and not isinstance(self.sampler, PseudoSampler):
             raise ValueError('ATSSHead trains on every assigned anchor: give no sampler '
                              "(or dict(type='PseudoSampler'))")

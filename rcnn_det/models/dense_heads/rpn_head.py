@@ -16,8 +16,8 @@ from torchvision.ops import batched_nms
 from rcnn_det.registry import MODELS, TASK_UTILS
 from rcnn_det.structures import SampleList, scale_boxes, unpack_gt_instances
 
-from ..recipes import ProposalRecipe, RecipeReader, build_or_pass
-from ..task_modules.anchor_targets import anchor_targets
+from ..recipes import ProposalRecipe, build_or_pass
+from ..task_modules.anchor_targets import anchor_targets, read_anchor_train_cfg
 from .base_dense_head import BaseDenseHead
 
 DEFAULT_RPN_ANCHORS = dict(type='AnchorGenerator', scales=[8], ratios=[0.5, 1.0, 2.0],
@@ -110,17 +110,8 @@ class RPNHead(BaseDenseHead):
 
         # mmdet hands the RPN its training recipe as a nested dict; read it here, once, so that
         # forward code never calls cfg.get() and a typo fails at build time.
-        train = RecipeReader(train_cfg, 'rpn_head.train_cfg', accepted_no_op=('debug',))
-        self.assigner = train.build('assigner', TASK_UTILS, None)
-        self.sampler = train.build('sampler', TASK_UTILS, None)
-        self.allowed_border = train.pop('allowed_border', -1)
-        self.pos_weight = train.pop('pos_weight', -1)
-        train.reject_rest()
-        if train_cfg is not None and self.assigner is None:
-            raise KeyError('rpn_head.train_cfg: missing required key \'assigner\'')
-        if self.allowed_border >= 0:
-            raise NotImplementedError('rpn_head.train_cfg.allowed_border >= 0 is not supported; '
-                                      'use -1 (every anchor is used, as in all mmdet configs)')
+        self.assigner, self.sampler, self.pos_weight = read_anchor_train_cfg(
+            train_cfg, 'rpn_head.train_cfg')
         self.test_recipe = ProposalRecipe.from_cfg(test_cfg, 'rpn_head.test_cfg')
 
     def forward(self, x: tuple[Tensor, ...]) -> tuple[list[Tensor], list[Tensor]]:

@@ -7,10 +7,32 @@ background label).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from mmengine.structures import InstanceData
 from torch import Tensor
+
+from rcnn_det.registry import TASK_UTILS
+
+from ..recipes import RecipeReader
+
+
+def read_anchor_train_cfg(train_cfg: dict | None, where: str) -> tuple[Any, Any, float]:
+    """An anchor head's mmdet ``train_cfg`` -> (assigner, sampler or None, pos_weight), both
+    built; unknown keys, a missing assigner and ``allowed_border >= 0`` fail naming ``where``."""
+    train = RecipeReader(train_cfg, where, accepted_no_op=('debug',))
+    assigner = train.build('assigner', TASK_UTILS, None)
+    sampler = train.build('sampler', TASK_UTILS, None)
+    allowed_border = train.pop('allowed_border', -1)
+    pos_weight = train.pop('pos_weight', -1)
+    train.reject_rest()
+    if train_cfg is not None and assigner is None:
+        raise KeyError(f"{where}: missing required key 'assigner'")
+    if allowed_border >= 0:
+        raise NotImplementedError(f'{where}.allowed_border >= 0 is not supported; use -1 (every '
+                                  'anchor is used, as in all mmdet configs)')
+    return assigner, sampler, pos_weight
 
 
 @dataclass
