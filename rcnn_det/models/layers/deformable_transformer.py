@@ -237,7 +237,8 @@ class DeformableDetrTransformer(BaseModule):
             out_memory, proposals = self.encoder_proposals(memory, padding, shapes)
             enc_class = cls_branches[self.decoder.num_layers](out_memory)
             enc_coord_unact = reg_branches[self.decoder.num_layers](out_memory) + proposals
-            top = enc_class[..., 0].topk(self.two_stage_num_proposals, dim=1).indices
+            k = min(self.two_stage_num_proposals, enc_class.shape[1])  # tiny inputs: all tokens
+            top = enc_class[..., 0].topk(k, dim=1).indices
             top_unact = enc_coord_unact.gather(1, top[..., None].expand(-1, -1, 4)).detach()
             reference_points = top_unact.sigmoid()
             query_pos, query = self.pos_trans_norm(

@@ -1,0 +1,234 @@
+"""``DeformableDETRHead``: the deformable transformer, per-decoder-layer class and box branches,
+one-to-one (Hungarian) losses, and top-k detections without NMS.
+
+Shape letters: B images, Q queries, C classes (sigmoid: no background logit), E embed dims,
+K decoder layers, N encoder tokens, G ground truths of one image. Boxes inside the head are
+normalised (cx, cy, w, h) of each image's own ``img_shape``; losses on IoU and the results
+are xyxy pixels.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.model import BaseModule
+from mmengine.structures import InstanceData
+from torch import Tensor
+
+from rcnn_det.registry import MODELS, TASK_UTILS
+from rcnn_det.structures import SampleList, bbox_cxcywh_to_xyxy, bbox_xyxy_to_cxcywh
+
+from ..layers.deformable_transformer import inverse_sigmoid
+from ..recipes import RecipeReader, build_or_pass
+from ..utils import reduce_mean
+
+DEFAULT_DETR_CLS_LOSS = dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
+                             loss_weight=2.0)
+DEFAULT_DETR_BOX_LOSS = dict(type='L1Loss', loss_weight=5.0)
+DEFAULT_DETR_IOU_LOSS = dict(type='GIoULoss', loss_weight=2.0)
+DEFAULT_POSITIONAL_ENCODING = dict(type='SinePositionalEncoding', num_feats=128, normalize=True,
+                                   offset=-0.5)
+
+
+def image_masks(batch_samples_metas: list[dict], feats: list[Tensor]) -> list[Tensor]:
+    """Per level (B, H_l, W_l) bool, True on padding: the batch canvas with each image's
+    ``img_shape`` valid, resized (nearest) to the level."""
+    height, width = batch_samples_metas[0]['batch_input_shape']
+    masks = feats[0].new_ones((len(batch_samples_metas), height, width))
+    for i, meta in enumerate(batch_samples_metas):
+        h, w = meta['img_shape'][:2]
+        masks[i, :h, :w] = 0
+    return [F.interpolate(masks[None], size=f.shape[-2:]).to(torch.bool)[0] for f in feats]
+
+
+def image_factors(metas: list[dict], device: torch.device) -> Tensor:
+    """(B, 4) = (w, h, w, h) of each image's ``img_shape``."""
+    return torch.tensor([[m['img_shape'][1], m['img_shape'][0]] * 2 for m in metas],
+                        dtype=torch.float32, device=device)
+
+
+@MODELS.register_module()
+class DeformableDETRHead(BaseModule):
+    """mmdetection's DeformableDETRHead (2.x structure, whose names official checkpoints use):
+    ``transformer``, ``cls_branches`` / ``reg_branches`` (one per decoder layer, one more for the
+    encoder proposals when two-stage; shared unless ``with_box_refine``), ``query_embedding``
+    (one-stage only).
+
+    forward(mlvl_feats: L maps (B, E, H_l, W_l), metas) -> (cls_scores (K, B, Q, C) logits,
+        bbox_preds (K, B, Q, 4) normalised cxcywh, enc_cls (B, N, C) or None, enc_boxes (B, N, 4)
+        or None)
+    loss(...) -> dict(loss_cls, loss_bbox, loss_iou (last layer), d{k}.loss_* (earlier layers),
+        enc_loss_* (two-stage: the encoder proposals, every object as class 0))
+    predict(...) -> B x InstanceData(bboxes (100, 4) px, scores, labels): the best
+        (query, class) pairs of the last layer, no NMS.
+    """
+
+    def __init__(self, num_classes: int, transformer: dict, num_query: int = 300,
+                 num_reg_fcs: int = 2, in_channels: int | None = None,
+                 sync_cls_avg_factor: bool = False,
+                 positional_encoding: dict = DEFAULT_POSITIONAL_ENCODING,
+                 loss_cls=DEFAULT_DETR_CLS_LOSS, loss_bbox=DEFAULT_DETR_BOX_LOSS,
+                 loss_iou=DEFAULT_DETR_IOU_LOSS, with_box_refine: bool = False,
+                 as_two_stage: bool = False, train_cfg: dict | None = None,
+                 test_cfg: dict | None = None, init_cfg=None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        self.num_classes = num_classes
+        self.num_query = num_query
+        self.sync_cls_avg_factor = sync_cls_avg_factor
+        self.with_box_refine = with_box_refine
+        self.as_two_stage = as_two_stage
+        self.loss_cls = build_or_pass(MODELS, loss_cls)
+        self.loss_bbox = build_or_pass(MODELS, loss_bbox)
+        self.loss_iou = build_or_pass(MODELS, loss_iou)
+        if not getattr(self.loss_cls, 'use_sigmoid', False):
+            raise ValueError('DeformableDETRHead: loss_cls must be a sigmoid loss (FocalLoss)')
+        self.positional_encoding = MODELS.build(positional_encoding)
+        self.transformer = MODELS.build(dict(copy.deepcopy(transformer),
+                                             as_two_stage=as_two_stage))
+        if self.transformer.as_two_stage != as_two_stage:
+            raise ValueError('DeformableDETRHead: as_two_stage differs from the transformer')
+        embed = self.transformer.embed_dims
+        num_layers = self.transformer.decoder.num_layers
+        num_pred = num_layers + 1 if as_two_stage else num_layers
+        fc_cls = nn.Linear(embed, num_classes)
+        reg = [m for _ in range(num_reg_fcs) for m in (nn.Linear(embed, embed), nn.ReLU())]
+        reg_branch = nn.Sequential(*reg, nn.Linear(embed, 4))
+        if with_box_refine:
+            self.cls_branches = nn.ModuleList(copy.deepcopy(fc_cls) for _ in range(num_pred))
+            self.reg_branches = nn.ModuleList(copy.deepcopy(reg_branch) for _ in range(num_pred))
+        else:  # one module shared by every layer (the same parameters)
+            self.cls_branches = nn.ModuleList(fc_cls for _ in range(num_pred))
+            self.reg_branches = nn.ModuleList(reg_branch for _ in range(num_pred))
+        if not as_two_stage:
+            self.query_embedding = nn.Embedding(num_query, embed * 2)
+        train = RecipeReader(train_cfg, 'bbox_head.train_cfg')
+        self.assigner = train.build('assigner', TASK_UTILS, None)
+        train.reject_rest()
+        test = RecipeReader(test_cfg, 'bbox_head.test_cfg')
+        self.max_per_img = int(test.pop('max_per_img', 100))
+        test.reject_rest()
+
+    def init_weights(self) -> None:
+        """mmdet's: the transformer's own init; class biases at prior 0.01; the last layer of
+        every box branch zero (one-stage: its size outputs -2, i.e. small initial boxes)."""
+        self.transformer.init_weights()
+        prior_bias = -torch.log(torch.tensor((1 - 0.01) / 0.01)).item()
+        for branch in self.cls_branches:
+            nn.init.constant_(branch.bias, prior_bias)
+        for branch in self.reg_branches:
+            nn.init.zeros_(branch[-1].weight)
+            nn.init.zeros_(branch[-1].bias)
+        if not self.as_two_stage:
+            nn.init.constant_(self.reg_branches[0][-1].bias.data[2:], -2.0)
+        self._is_init = True
+
+    def forward(self, mlvl_feats: tuple[Tensor, ...], batch_img_metas: list[dict]):
+        masks = image_masks(batch_img_metas, list(mlvl_feats))
+        positions = [self.positional_encoding(m) for m in masks]
+        queries, init_ref, inter_refs, enc_cls, enc_coord_unact = self.transformer(
+            list(mlvl_feats), masks, None if self.as_two_stage else self.query_embedding.weight,
+            positions, reg_branches=self.reg_branches if self.with_box_refine else None,
+            cls_branches=self.cls_branches if self.as_two_stage else None)
+        cls_scores, bbox_preds = [], []
+        for k, query in enumerate(queries):
+            reference = inverse_sigmoid(init_ref if k == 0 else inter_refs[k - 1])
+            delta = self.reg_branches[k](query)
+            if reference.shape[-1] == 4:
+                boxes = delta + reference
+            else:
+                boxes = torch.cat([delta[..., :2] + reference, delta[..., 2:]], -1)
+            cls_scores.append(self.cls_branches[k](query))
+            bbox_preds.append(boxes.sigmoid())
+        enc_boxes = enc_coord_unact.sigmoid() if enc_coord_unact is not None else None
+        return torch.stack(cls_scores), torch.stack(bbox_preds), enc_cls, enc_boxes
+
+    # ---- training -------------------------------------------------------------------------
+
+    def loss(self, x: tuple[Tensor, ...], batch_data_samples: SampleList) -> dict:
+        metas = [s.metainfo for s in batch_data_samples]
+        gts = [s.gt_instances for s in batch_data_samples]
+        return self.loss_by_feat(*self(x, metas), gts, metas)
+
+    def loss_by_feat(self, all_cls_scores: Tensor, all_bbox_preds: Tensor,
+                     enc_cls_scores: Tensor | None, enc_bbox_preds: Tensor | None,
+                     batch_gt_instances: list[InstanceData], metas: list[dict]) -> dict:
+        if self.assigner is None:
+            raise RuntimeError('DeformableDETRHead.loss needs a train_cfg with an assigner')
+        losses = {}
+        num_layers = all_cls_scores.shape[0]
+        for k in range(num_layers):
+            layer = self.loss_single(all_cls_scores[k], all_bbox_preds[k], batch_gt_instances,
+                                     metas)
+            prefix = '' if k == num_layers - 1 else f'd{k}.'
+            losses.update({prefix + name: value for name, value in layer.items()})
+        if enc_cls_scores is not None:
+            binary = [InstanceData(bboxes=gt.bboxes, labels=torch.zeros_like(gt.labels))
+                      for gt in batch_gt_instances]
+            layer = self.loss_single(enc_cls_scores, enc_bbox_preds, binary, metas)
+            losses.update({'enc_' + name: value for name, value in layer.items()})
+        return losses
+
+    def loss_single(self, cls_scores: Tensor, bbox_preds: Tensor,
+                    batch_gt_instances: list[InstanceData], metas: list[dict]) -> dict:
+        """One layer: Hungarian-match each image's Q predictions to its G objects, then focal
+        loss over every (query, class) / matched count, L1 on normalised cxcywh and GIoU on
+        pixel boxes of the matched queries / matched count."""
+        num_images, num_queries = cls_scores.shape[:2]
+        factors = image_factors(metas, cls_scores.device)[:, None]        # (B, 1, 4)
+        labels = cls_scores.new_full((num_images, num_queries), self.num_classes,
+                                     dtype=torch.long)
+        targets = cls_scores.new_zeros((num_images, num_queries, 4))
+        weights = cls_scores.new_zeros((num_images, num_queries, 4))
+        for i, (gt, meta) in enumerate(zip(batch_gt_instances, metas)):
+            pred = InstanceData(scores=cls_scores[i].detach(),
+                                bboxes=bbox_cxcywh_to_xyxy(bbox_preds[i].detach()) * factors[i])
+            assign = self.assigner.assign(pred, gt, img_meta=meta)
+            pos = (assign.gt_inds > 0).nonzero().squeeze(1)
+            matched = assign.gt_inds[pos] - 1
+            labels[i, pos] = gt.labels[matched]
+            targets[i, pos] = bbox_xyxy_to_cxcywh(gt.bboxes[matched] / factors[i])
+            weights[i, pos] = 1.0
+        num_pos = float((labels < self.num_classes).sum())
+        cls_avg = max(reduce_mean(num_pos, cls_scores.device) if self.sync_cls_avg_factor
+                      else num_pos, 1.0)
+        box_avg = max(reduce_mean(num_pos, cls_scores.device), 1.0)
+        loss_cls = self.loss_cls(cls_scores.reshape(-1, self.num_classes), labels.reshape(-1),
+                                 torch.ones_like(labels.reshape(-1), dtype=cls_scores.dtype),
+                                 avg_factor=cls_avg)
+        boxes_px = bbox_cxcywh_to_xyxy(bbox_preds) * factors
+        targets_px = bbox_cxcywh_to_xyxy(targets) * factors
+        loss_iou = self.loss_iou(boxes_px.reshape(-1, 4), targets_px.reshape(-1, 4),
+                                 weights.reshape(-1, 4), avg_factor=box_avg)
+        loss_bbox = self.loss_bbox(bbox_preds.reshape(-1, 4), targets.reshape(-1, 4),
+                                   weights.reshape(-1, 4), avg_factor=box_avg)
+        return dict(loss_cls=loss_cls, loss_bbox=loss_bbox, loss_iou=loss_iou)
+
+    # ---- inference ------------------------------------------------------------------------
+
+    def predict(self, x: tuple[Tensor, ...], batch_data_samples: SampleList,
+                rescale: bool = True) -> list[InstanceData]:
+        metas = [s.metainfo for s in batch_data_samples]
+        cls_scores, bbox_preds, _, _ = self(x, metas)
+        return self.predict_by_feat(cls_scores[-1], bbox_preds[-1], metas, rescale)
+
+    def predict_by_feat(self, cls_scores: Tensor, bbox_preds: Tensor, metas: list[dict],
+                        rescale: bool = True) -> list[InstanceData]:
+        """cls_scores (B, Q, C), bbox_preds (B, Q, 4) of the last layer -> per image the
+        ``max_per_img`` best (query, class) pairs; a query may appear with several classes."""
+        results = []
+        for scores, boxes, meta in zip(cls_scores.sigmoid(), bbox_preds, metas):
+            k = min(self.max_per_img, scores.numel())
+            top, index = scores.flatten().topk(k)
+            labels = index % self.num_classes
+            h, w = meta['img_shape'][:2]
+            xyxy = bbox_cxcywh_to_xyxy(boxes[index // self.num_classes])
+            xyxy = xyxy * xyxy.new_tensor([w, h, w, h])
+            xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, w)
+            xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, h)
+            if rescale:
+                sx, sy = meta['scale_factor']
+                xyxy = xyxy / xyxy.new_tensor([sx, sy, sx, sy])
+            results.append(InstanceData(bboxes=xyxy, scores=top, labels=labels))
+        return results
