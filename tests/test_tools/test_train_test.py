@@ -8,7 +8,8 @@ import re
 import pytest
 import torch
 
-from conftest import ATSS_DEMO_CONFIG, DETR_DEMO_CONFIG, MASK_DEMO_CONFIG, PYTHON, REPO_ROOT, run_tool, write_tiny_demo_config
+from conftest import (ATSS_DEMO_CONFIG, DETR_DEMO_CONFIG, MASK_DEMO_CONFIG, PYTHON, REPO_ROOT,
+                      run_tool, write_tiny_demo_config)
 from rcnn_det.engine import register_checkpoint_safe_globals
 
 pytestmark = pytest.mark.slow
@@ -79,35 +80,22 @@ def test_mask_rcnn_train_then_test(tmp_path, tiny_shapes_root):
         assert all(rle['size'] == list(r['ori_shape']) for rle in pred['masks'])
 
 
-def test_atss_train_then_test(tmp_path, tiny_shapes_root):
-    """The ATSS demo through the tools: its three losses logged, COCO bbox mAP reported."""
-    cfg = write_tiny_demo_config(tmp_path / 'tiny_atss.py', tiny_shapes_root,
-                                 base=ATSS_DEMO_CONFIG)
+@pytest.mark.parametrize('base, losses', [
+    (ATSS_DEMO_CONFIG, r'loss_cls: [0-9.]+.*loss_bbox: [0-9.]+.*loss_centerness: [0-9.]+'),
+    # per decoder layer (d0 ... last) and, two-stage, the encoder proposals
+    (DETR_DEMO_CONFIG, r'd0\.loss_cls: [0-9.]+.* loss_iou: [0-9.]+.*enc_loss_cls: [0-9.]+'),
+], ids=['atss', 'deformable_detr'])
+def test_one_stage_and_detr_demos_train_then_test(tmp_path, tiny_shapes_root, base, losses):
+    """The ATSS and Deformable DETR demos through the tools: their losses logged, COCO bbox
+    mAP reported by training's validation and by the test tool, the predictions drawn."""
+    cfg = write_tiny_demo_config(tmp_path / 'tiny.py', tiny_shapes_root, base=base)
     work = tmp_path / 'work'
     proc = run_tool([PYTHON, str(REPO_ROOT / 'tools/train.py'), str(cfg), '--work-dir',
                      str(work)], cwd=tmp_path)
     log = proc.stdout + proc.stderr
-    assert re.search(r'Iter\(train\) \[2/2\].*loss_cls: [0-9.]+.*loss_bbox: [0-9.]+'
-                     r'.*loss_centerness: [0-9.]+', log), log[-3000:]
+    assert re.search(r'Iter\(train\) \[2/2\].*' + losses, log), log[-3000:]
     assert re.search(r'coco/bbox_mAP: -?[0-9.]+', log), log[-3000:]
     assert (work / 'predictions.png').is_file()
-    proc = run_tool([PYTHON, str(REPO_ROOT / 'tools/test.py'), str(cfg), str(work / 'iter_2.pth'),
-                     '--work-dir', str(work)], cwd=tmp_path)
-    assert re.search(r'coco/bbox_mAP: -?[0-9.]+', proc.stdout + proc.stderr)
-
-
-def test_deformable_detr_train_then_test(tmp_path, tiny_shapes_root):
-    """The Deformable DETR demo through the tools: per-layer and encoder losses logged, COCO
-    bbox mAP reported by training's validation and by the test tool."""
-    cfg = write_tiny_demo_config(tmp_path / 'tiny_detr.py', tiny_shapes_root,
-                                 base=DETR_DEMO_CONFIG)
-    work = tmp_path / 'work'
-    proc = run_tool([PYTHON, str(REPO_ROOT / 'tools/train.py'), str(cfg), '--work-dir',
-                     str(work)], cwd=tmp_path)
-    log = proc.stdout + proc.stderr
-    assert re.search(r'Iter\(train\) \[2/2\].*d0\.loss_cls: [0-9.]+.* loss_iou: [0-9.]+'
-                     r'.*enc_loss_cls: [0-9.]+', log), log[-3000:]
-    assert re.search(r'coco/bbox_mAP: -?[0-9.]+', log), log[-3000:]
     proc = run_tool([PYTHON, str(REPO_ROOT / 'tools/test.py'), str(cfg), str(work / 'iter_2.pth'),
                      '--work-dir', str(work)], cwd=tmp_path)
     assert re.search(r'coco/bbox_mAP: -?[0-9.]+', proc.stdout + proc.stderr)

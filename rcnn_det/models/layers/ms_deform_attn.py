@@ -13,6 +13,7 @@ the PyTorch function below computes the same thing.
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 from typing import Sequence
 
@@ -83,10 +84,10 @@ def _mmcv_cuda_function():
     Imported on first use on a GPU only, so CPU runs never touch mmcv.ops (absent in mmcv-lite).
     """
     try:
-        from mmcv.ops.multi_scale_deform_attn import MultiScaleDeformableAttnFunction
+        kernel_module = importlib.import_module('mmcv.ops.multi_scale_deform_attn')
     except (ImportError, OSError):
         return None
-    return MultiScaleDeformableAttnFunction
+    return getattr(kernel_module, 'MultiScaleDeformableAttnFunction', None)
 
 
 @MODELS.register_module()
