@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from typing import Callable
 
 import torch
+
+from benchmark import time_call  # the detector benchmark next to this script
 
 from rcnn_det.models.layers import MultiScaleDeformableAttention
 from rcnn_det.models.layers.ms_deform_attn import _mmcv_cuda_function
@@ -50,17 +51,6 @@ def level_shapes(height: int, width: int) -> list[tuple[int, int]]:
         if stride in STRIDES:
             shapes.append((h, w))
     return shapes
-
-
-def time_call(fn: Callable[[], None], device: torch.device) -> float:
-    """Seconds one call of ``fn`` takes (waiting for the GPU to finish)."""
-    if device.type == 'cuda':
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == 'cuda':
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def median_ms(fn: Callable[[], None], iters: int, warmup: int, device: torch.device) -> float:

@@ -37,6 +37,15 @@ class BaseDetector(BaseModel, metaclass=ABCMeta):
             return self._forward(inputs, data_samples)
         raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
 
+    @property
+    def with_neck(self) -> bool:
+        return getattr(self, 'neck', None) is not None
+
+    def extract_feat(self, inputs: Tensor) -> tuple[Tensor, ...]:
+        """(B, 3, H, W) -> the backbone's maps, through the neck when there is one."""
+        x = self.backbone(inputs)
+        return self.neck(x) if self.with_neck else x
+
     @abstractmethod
     def loss(self, inputs: Tensor, data_samples: SampleList) -> dict:
         ...

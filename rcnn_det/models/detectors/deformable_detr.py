@@ -17,7 +17,7 @@ from torch import Tensor
 from rcnn_det.registry import MODELS
 from rcnn_det.structures import SampleList
 
-from .base import BaseDetector
+from .single_stage import SingleStageDetector
 
 ENCODER_ORDER = ('self_attn', 'norm', 'ffn', 'norm')
 DECODER_ORDER = ('self_attn', 'norm', 'cross_attn', 'norm', 'ffn', 'norm')
@@ -92,8 +92,9 @@ def decoder_cfg(decoder: dict) -> dict:
 
 
 @MODELS.register_module()
-class DeformableDETR(BaseDetector):
-    """mmdetection 3.x's DeformableDETR config keys; the head holds the transformer.
+class DeformableDETR(SingleStageDetector):
+    """mmdetection 3.x's DeformableDETR config keys; a single-stage detector whose head holds
+    the transformer.
 
     loss() -> the head's losses (see DeformableDETRHead); predict() -> samples with
     pred_instances in ORIGINAL image pixels; _forward() -> the head's raw outputs.
@@ -106,21 +107,18 @@ class DeformableDETR(BaseDetector):
                  as_two_stage: bool = False, train_cfg: dict | None = None,
                  test_cfg: dict | None = None, data_preprocessor: dict | None = None,
                  init_cfg=None) -> None:
-        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if bbox_head is None or encoder is None or decoder is None:
             raise ValueError('DeformableDETR needs encoder, decoder and bbox_head configs')
-        self.backbone = MODELS.build(backbone)
-        self.neck = MODELS.build(neck) if neck is not None else None
         transformer = dict(type='DeformableDetrTransformer', encoder=encoder_cfg(encoder),
                            decoder=decoder_cfg(decoder), num_feature_levels=num_feature_levels,
                            two_stage_num_proposals=num_queries)
         head = dict(copy.deepcopy(bbox_head), transformer=transformer, num_query=num_queries,
-                    with_box_refine=with_box_refine, as_two_stage=as_two_stage,
-                    train_cfg=train_cfg, test_cfg=test_cfg)
+                    with_box_refine=with_box_refine, as_two_stage=as_two_stage)
         if positional_encoding is not None:
             head['positional_encoding'] = dict(dict(type='SinePositionalEncoding'),
                                                **positional_encoding)
-        self.bbox_head = MODELS.build(head)
+        super().__init__(backbone, neck, head, train_cfg=train_cfg, test_cfg=test_cfg,
+                         data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self._register_load_state_dict_pre_hook(self._rename_mmdet3_keys)
 
     @staticmethod
@@ -130,19 +128,6 @@ class DeformableDETR(BaseDetector):
             converted = convert_mmdet3_keys(state_dict, prefix)
             state_dict.clear()
             state_dict.update(converted)
-
-    def extract_feat(self, inputs: Tensor) -> tuple[Tensor, ...]:
-        x = self.backbone(inputs)
-        return self.neck(x) if self.neck is not None else x
-
-    def loss(self, inputs: Tensor, data_samples: SampleList) -> dict:
-        return self.bbox_head.loss(self.extract_feat(inputs), data_samples)
-
-    def predict(self, inputs: Tensor, data_samples: SampleList,
-                rescale: bool = True) -> SampleList:
-        results = self.bbox_head.predict(self.extract_feat(inputs), data_samples,
-                                         rescale=rescale)
-        return self.add_pred_to_datasample(data_samples, results)
 
     def _forward(self, inputs: Tensor, data_samples: SampleList | None = None):
         if data_samples is None:

@@ -32,14 +32,6 @@ class SingleStageDetector(BaseDetector):
                                            test_cfg=test_cfg))
         self.train_cfg, self.test_cfg = train_cfg, test_cfg
 
-    @property
-    def with_neck(self) -> bool:
-        return self.neck is not None
-
-    def extract_feat(self, inputs: Tensor) -> tuple[Tensor, ...]:
-        x = self.backbone(inputs)
-        return self.neck(x) if self.neck is not None else x
-
     def loss(self, inputs: Tensor, data_samples: SampleList) -> dict:
         return self.bbox_head.loss(self.extract_feat(inputs), data_samples)
 

@@ -58,14 +58,6 @@ class TwoStageDetector(BaseDetector):
                                                     'model.train_cfg.rpn_proposal')
         self.train_cfg, self.test_cfg = train_cfg, test_cfg
 
-    @property
-    def with_neck(self) -> bool:
-        return self.neck is not None
-
-    def extract_feat(self, inputs: Tensor) -> tuple[Tensor, ...]:
-        x = self.backbone(inputs)
-        return self.neck(x) if self.neck is not None else x
-
     def loss(self, inputs: Tensor, data_samples: SampleList) -> dict:
         x = self.extract_feat(inputs)
         if self.rpn_proposal is None:
