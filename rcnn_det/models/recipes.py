@@ -83,6 +83,17 @@ def read_nms_cfg(nms: dict | None, where: str) -> float:
     return float(iou)
 
 
+def read_nms_recipe(cls: type[T], cfg: dict | T | None, where: str) -> T | None:
+    """A recipe dataclass with an ``iou_threshold`` field from an mmdet dict whose NMS is
+    ``nms=dict(type='nms', iou_threshold=...)``; an already-built recipe passes through."""
+    if cfg is None or isinstance(cfg, cls):
+        return cfg
+    cfg = dict(cfg)
+    nms = cfg.pop('nms', None)
+    recipe = read_dataclass(cls, cfg, where)
+    return dataclasses.replace(recipe, iou_threshold=read_nms_cfg(nms, where))
+
+
 @dataclasses.dataclass(frozen=True)
 class ProposalRecipe:
     """How the RPN turns its outputs into proposals (mmdet's ``rpn_proposal`` / ``test_cfg.rpn``)."""
@@ -94,15 +105,10 @@ class ProposalRecipe:
 
     @classmethod
     def from_cfg(cls, cfg: dict | ProposalRecipe | None, where: str) -> ProposalRecipe | None:
-        if cfg is None or isinstance(cfg, ProposalRecipe):
-            return cfg
-        cfg = dict(cfg)
-        if 'max_num' in cfg or 'nms_thr' in cfg:
+        if isinstance(cfg, dict) and ('max_num' in cfg or 'nms_thr' in cfg):
             raise KeyError(f'{where}: max_num / nms_thr are mmdet 2.x keys; use max_per_img and '
                            "nms=dict(type='nms', iou_threshold=...)")
-        nms = cfg.pop('nms', None)
-        recipe = read_dataclass(cls, cfg, where)
-        return dataclasses.replace(recipe, iou_threshold=read_nms_cfg(nms, where))
+        return read_nms_recipe(cls, cfg, where)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,12 +121,7 @@ class DetectionRecipe:
 
     @classmethod
     def from_cfg(cls, cfg: dict | DetectionRecipe | None, where: str) -> DetectionRecipe | None:
-        if cfg is None or isinstance(cfg, DetectionRecipe):
-            return cfg
-        cfg = dict(cfg)
-        nms = cfg.pop('nms', None)
-        recipe = read_dataclass(cls, cfg, where)
-        return dataclasses.replace(recipe, iou_threshold=read_nms_cfg(nms, where))
+        return read_nms_recipe(cls, cfg, where)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,9 +138,4 @@ class DenseDetectionRecipe:
     @classmethod
     def from_cfg(cls, cfg: dict | DenseDetectionRecipe | None, where: str
                  ) -> DenseDetectionRecipe | None:
-        if cfg is None or isinstance(cfg, DenseDetectionRecipe):
-            return cfg
-        cfg = dict(cfg)
-        nms = cfg.pop('nms', None)
-        recipe = read_dataclass(cls, cfg, where)
-        return dataclasses.replace(recipe, iou_threshold=read_nms_cfg(nms, where))
+        return read_nms_recipe(cls, cfg, where)

@@ -54,7 +54,8 @@ class DeformableDETRHead(BaseModule):
     """mmdetection's DeformableDETRHead (2.x structure, whose names official checkpoints use):
     ``transformer``, ``cls_branches`` / ``reg_branches`` (one per decoder layer, one more for the
     encoder proposals when two-stage; shared unless ``with_box_refine``), ``query_embedding``
-    (one-stage only).
+    (one-stage only). ``in_channels`` is accepted for mmdet configs and unused (the width is
+    the transformer's ``embed_dims``).
 
     forward(mlvl_feats: L maps (B, E, H_l, W_l), metas) -> (cls_scores (K, B, Q, C) logits,
         bbox_preds (K, B, Q, 4) normalised cxcywh, enc_cls (B, N, C) or None, enc_boxes (B, N, 4)
@@ -87,8 +88,6 @@ class DeformableDETRHead(BaseModule):
         self.positional_encoding = MODELS.build(positional_encoding)
         self.transformer = MODELS.build(dict(copy.deepcopy(transformer),
                                              as_two_stage=as_two_stage))
-        if self.transformer.as_two_stage != as_two_stage:
-            raise ValueError('DeformableDETRHead: as_two_stage differs from the transformer')
         embed = self.transformer.embed_dims
         num_layers = self.transformer.decoder.num_layers
         num_pred = num_layers + 1 if as_two_stage else num_layers
