@@ -96,7 +96,8 @@ def read_nms_recipe(cls: type[T], cfg: dict | T | None, where: str) -> T | None:
 
 @dataclasses.dataclass(frozen=True)
 class ProposalRecipe:
-    """How the RPN turns its outputs into proposals (mmdet's ``rpn_proposal`` / ``test_cfg.rpn``)."""
+    """How the RPN turns its outputs into proposals (mmdet's ``rpn_proposal`` /
+    ``test_cfg.rpn``)."""
     nms_pre: int = 1000          # top-scoring anchors kept per level before NMS
     max_per_img: int = 1000      # proposals kept per image after NMS
     iou_threshold: float = 0.7   # NMS IoU threshold, per level (mmdet and torchvision alike)
@@ -113,11 +114,21 @@ class ProposalRecipe:
 
 @dataclasses.dataclass(frozen=True)
 class DetectionRecipe:
-    """Per-class NMS of a box head's outputs (mmdet's ``test_cfg.rcnn``)."""
+    """Per-class NMS of a box head's outputs (mmdet's ``test_cfg.rcnn``), and how masks are
+    pasted. ``min_bbox_size`` and ``mask_paste`` are rcnn_det's, for torchvision's behaviour:
+    torchvision drops boxes smaller than 1e-2 px before NMS and pastes masks its own way
+    (``paste_masks``: 'mmdet' or 'torchvision')."""
     score_thr: float = 0.05
     iou_threshold: float = 0.5
     max_per_img: int = 100
     mask_thr_binary: float = 0.5
+    min_bbox_size: float = -1    # boxes with w or h <= this are dropped before NMS (< 0: none)
+    mask_paste: str = 'mmdet'
+
+    def __post_init__(self) -> None:
+        if self.mask_paste not in ('mmdet', 'torchvision'):
+            raise ValueError(f"test_cfg.rcnn.mask_paste must be 'mmdet' or 'torchvision', "
+                             f'got {self.mask_paste!r}')
 
     @classmethod
     def from_cfg(cls, cfg: dict | DetectionRecipe | None, where: str) -> DetectionRecipe | None:

@@ -318,3 +318,24 @@ def test_paste_no_detections_and_box_dtype():
     probs, boxes = paste_inputs(3, 5)
     assert torch.equal(paste_masks(probs, boxes.double(), IMG_HW),
                        paste_masks(probs, boxes, IMG_HW))
+
+
+@pytest.mark.parametrize('seed', [0, 1])
+def test_torchvision_paste_matches_torchvision(seed):
+    """mode='torchvision' equals torchvision's own per-mask loop (paste_masks_in_image), in one
+    chunk or many; boxes clipped to the image as detections are."""
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+    probs, boxes = paste_inputs(40, seed, max_side=30)
+    height, width = IMG_HW
+    boxes = torch.minimum(boxes.clamp(min=0), torch.tensor([width, height, width, height]))
+    ref = paste_masks_in_image(probs[:, None], boxes, IMG_HW, padding=1)[:, 0].numpy()
+    for threshold in (0.5, 0.3):
+        out = paste_masks(probs, boxes, IMG_HW, threshold, mode='torchvision')
+        assert_binary_matches(out, ref, threshold)
+        assert torch.equal(out, paste_masks(probs, boxes, IMG_HW, threshold, max_bytes=1,
+                                            mode='torchvision'))
+    # differs from mmdet's rule (the box grows by a pixel's worth of padding)
+    assert not torch.equal(paste_masks(probs, boxes, IMG_HW, 0.3, mode='torchvision'),
+                           paste_masks(probs, boxes, IMG_HW, 0.3))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        paste_masks(probs, boxes, IMG_HW, mode='detectron2')

@@ -4,13 +4,16 @@ mmcv's ``Resize``, ``RandomFlip`` and ``Pad`` move the image (and boxes, seg map
 nothing of ``gt_masks``; these subclasses, registered under the same names in rcnn_det's scope,
 add the masks and keep ``gt_bboxes`` float32. mmcv's ``RandomChoiceResize``/``RandomResize``
 build whichever ``Resize`` the current default scope resolves, i.e. this one under 'rcnn_det'.
-``RandomCrop`` is mmdetection 3.x's (mmcv has none that knows boxes).
+``RandomCrop`` is mmdetection 3.x's (mmcv has none that knows boxes); ``TorchvisionResize``
+is torchvision's detection resize, for configs that reproduce a torchvision model.
 
 Shape letters: N instances, H x W the image before, h x w after.
 """
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from mmcv.transforms import BaseTransform
 from mmcv.transforms import Pad as MMCVPad
 from mmcv.transforms import RandomFlip as MMCVRandomFlip
@@ -246,3 +249,65 @@ class RandomCrop(BaseTransform):
                 f'crop_type={self.crop_type!r}, allow_negative_crop={self.allow_negative_crop}, '
                 f'recompute_bbox={self.recompute_bbox}, '
                 f'bbox_clip_border={self.bbox_clip_border})')
+
+
+@TRANSFORMS.register_module()
+class TorchvisionResize(BaseTransform):
+    """torchvision's detection resize (``GeneralizedRCNNTransform.resize``), exactly.
+
+    The image is scaled by s = min(min_size / short side, max_size / long side) to
+    (floor(H * s), floor(W * s)) with ``torch.nn.functional.interpolate`` (bilinear,
+    ``align_corners=False``, the scale recomputed from the output size) and stays float32, as in
+    torchvision, which interpolates the float image (rcnn_det normalises after resizing; both
+    are affine per channel, so the order does not matter). Boxes are multiplied by the actual
+    ratios (w / W, h / H), masks resized by ``interpolate``'s nearest mode, as torchvision does.
+
+    Args:
+        min_size: target short side; a sequence means one is drawn at random per image
+            (torchvision's multi-scale training), with ``np.random``.
+        max_size: cap on the long side.
+
+    Sets ``img_shape`` (h, w), ``scale`` (w, h), ``scale_factor`` (w / W, h / H) and
+    ``keep_ratio`` like ``Resize``.
+    """
+
+    def __init__(self, min_size: int | list[int] = 800, max_size: int = 1333) -> None:
+        sizes = [min_size] if isinstance(min_size, int) else list(min_size)
+        if not sizes or any(not isinstance(s, int) or s <= 0 for s in sizes) or max_size <= 0:
+            raise ValueError(f'TorchvisionResize: min_size must be a positive int or a list of '
+                             f'them and max_size positive, got {min_size!r}, {max_size!r}')
+        self.min_sizes = sizes
+        self.max_size = max_size
+
+    @cache_randomness
+    def _choose_min_size(self) -> int:
+        return self.min_sizes[np.random.randint(len(self.min_sizes))]
+
+    def transform(self, results: dict) -> dict:
+        img = results['img']
+        height, width = img.shape[:2]
+        scale = min(self._choose_min_size() / min(height, width),
+                    self.max_size / max(height, width))
+        tensor = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))
+        tensor = tensor.reshape(height, width, -1).permute(2, 0, 1)[None]
+        resized = F.interpolate(tensor, scale_factor=scale, mode='bilinear',
+                                recompute_scale_factor=True, align_corners=False)[0]
+        out_h, out_w = resized.shape[-2:]
+        results['img'] = resized.permute(1, 2, 0).numpy().reshape(out_h, out_w, *img.shape[2:])
+        results['img_shape'] = (out_h, out_w)
+        results['scale'] = (out_w, out_h)
+        results['scale_factor'] = (out_w / width, out_h / height)
+        results['keep_ratio'] = True
+        if results.get('gt_bboxes') is not None:
+            ratios = torch.tensor([out_w, out_h], dtype=torch.float32) / torch.tensor(
+                [width, height], dtype=torch.float32)        # float32, as torchvision computes
+            results['gt_bboxes'] = (torch.from_numpy(results['gt_bboxes']).float()
+                                    * ratios.repeat(2)).numpy()
+        if results.get('gt_masks') is not None:
+            masks = torch.from_numpy(np.ascontiguousarray(results['gt_masks']))[:, None].float()
+            masks = F.interpolate(masks, size=(out_h, out_w))[:, 0]
+            results['gt_masks'] = masks.to(torch.uint8).numpy()
+        return results
+
+    def __repr__(self) -> str:
+        return (f'{type(self).__name__}(min_size={self.min_sizes}, max_size={self.max_size})')

@@ -64,8 +64,10 @@ class StandardRoIHead(BaseRoIHead):
         mask_size = train.pop('mask_size', None)
         if mask_size is None:
             raise KeyError("roi_head.train_cfg: a mask_head needs 'mask_size' (mmdet: 28)")
-        return MaskTargetRecipe(mask_size=int(mask_size),
-                                soft_mask_target=bool(train.pop('soft_mask_target', False)))
+        return MaskTargetRecipe(
+            mask_size=int(mask_size),
+            soft_mask_target=bool(train.pop('soft_mask_target', False)),
+            mask_target_aligned=bool(train.pop('mask_target_aligned', True)))
 
     @property
     def with_bbox(self) -> bool:

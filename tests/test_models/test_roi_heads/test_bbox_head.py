@@ -135,6 +135,8 @@ def reference_detections(rois, cls_score, bbox_pred, metas, recipe, rescale, agn
                 if rescale:
                     sx, sy = meta['scale_factor']
                     box = box / torch.tensor([sx, sy, sx, sy])
+                if min(box[2] - box[0], box[3] - box[1]) <= recipe.min_bbox_size:
+                    continue
                 cand_boxes.append(box)
                 cand_scores.append(probs[i, c])
             if not cand_boxes:
@@ -160,10 +162,12 @@ def random_rois(g, num: int, image: int, size: float) -> torch.Tensor:
     return torch.cat([torch.full((num, 1), float(image)), xy, xy + wh], 1)
 
 
-@pytest.mark.parametrize('rescale, score_thr, iou, max_per_img, agnostic', [
-    (False, 0.05, 0.5, 100, False), (True, 0.2, 0.3, 7, False), (True, 0.0, 0.5, 100, True),
-    (False, 0.9, 0.5, 100, False)])
-def test_predict_by_feat_equals_brute_force(rescale, score_thr, iou, max_per_img, agnostic):
+@pytest.mark.parametrize('rescale, score_thr, iou, max_per_img, agnostic, min_size', [
+    (False, 0.05, 0.5, 100, False, -1), (True, 0.2, 0.3, 7, False, -1),
+    (True, 0.0, 0.5, 100, True, -1), (False, 0.9, 0.5, 100, False, -1),
+    (False, 0.05, 0.5, 100, False, 12.0)])
+def test_predict_by_feat_equals_brute_force(rescale, score_thr, iou, max_per_img, agnostic,
+                                            min_size):
     head = make_head(reg_class_agnostic=agnostic)
     g = torch.Generator().manual_seed(4)
     rois = torch.cat([random_rois(g, 25, 0, 60.), random_rois(g, 18, 1, 40.)])
@@ -171,8 +175,13 @@ def test_predict_by_feat_equals_brute_force(rescale, score_thr, iou, max_per_img
     bbox_pred = torch.randn(43, 4 if agnostic else 4 * NUM_CLASSES, generator=g) * 0.5
     metas = [dict(img_shape=(50, 45), scale_factor=(1.5, 2.0)),
              dict(img_shape=(30, 40), scale_factor=(0.5, 0.25))]
-    recipe = DetectionRecipe(score_thr=score_thr, iou_threshold=iou, max_per_img=max_per_img)
+    recipe = DetectionRecipe(score_thr=score_thr, iou_threshold=iou, max_per_img=max_per_img,
+                             min_bbox_size=min_size)
     got = head.predict_by_feat(rois, cls_score, bbox_pred, metas, recipe, rescale)
+    if min_size > 0:   # the size filter really removes boxes
+        unfiltered = head.predict_by_feat(rois, cls_score, bbox_pred, metas,
+                                          DetectionRecipe(score_thr=score_thr), rescale)
+        assert sum(map(len, got)) < sum(map(len, unfiltered))
     expected = reference_detections(rois, cls_score, bbox_pred, metas, recipe, rescale,
                                     agnostic)
     suppressed = 0
@@ -183,7 +192,7 @@ def test_predict_by_feat_equals_brute_force(rescale, score_thr, iou, max_per_img
         assert res.labels.tolist() == labels.tolist()
         suppressed += int(((cls_score.softmax(-1)[rois[:, 0] == b, :-1]) > score_thr).sum()) \
             - len(boxes)
-    if score_thr < 0.5 and max_per_img == 100:
+    if score_thr < 0.5 and max_per_img == 100 and min_size < 0:
         assert suppressed > 0   # NMS really removed boxes
 
 
@@ -206,3 +215,8 @@ def test_forward_shapes_and_keys():
         'fc_cls.weight', 'fc_cls.bias', 'fc_reg.weight', 'fc_reg.bias'}
     assert head.bbox_coder.stds == STDS
     assert isinstance(RoITargets, type)
+
+
+def test_detection_recipe_rejects_unknown_paste_mode():
+    with pytest.raises(ValueError, match="mask_paste must be 'mmdet' or 'torchvision'"):
+        DetectionRecipe.from_cfg(dict(mask_paste='detectron2'), 'roi_head.test_cfg')

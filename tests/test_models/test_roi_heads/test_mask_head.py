@@ -156,6 +156,18 @@ def test_get_targets_binary_and_soft():
     assert ((soft > 0) & (soft < 1)).any()                  # soft targets really are soft
 
 
+def test_get_targets_without_half_pixel_alignment():
+    """torchvision's mask targets: RoIAlign with aligned=False (train_cfg mask_target_aligned)."""
+    head = make_head()
+    results, gts = two_images()
+    recipe = MaskTargetRecipe(mask_size=SIZE, soft_mask_target=True, mask_target_aligned=False)
+    got = head.get_targets(results, gts, recipe)
+    expected = torch.cat([crop_reference(gt.masks, res.pos_priors, res.pos_assigned_gt_inds,
+                                         SIZE, aligned=False) for res, gt in zip(results, gts)])
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert not torch.allclose(got, reference_targets(results, gts, binary=False), atol=1e-3)
+
+
 def test_get_targets_threshold_is_inclusive():
     """Columns 0..11 set; one 1 x 1 bin sampling pixel centres 4..19 covers 8/16 = 0.5 -> 1,
     shifted by one pixel 7/16 -> 0 (mmdet: ``targets >= 0.5``)."""
@@ -301,6 +313,9 @@ def test_mask_size_is_required_for_training():
     head = build_roi_head(train=False)       # an inference-only head needs none
     assert head.with_mask and head.mask_recipe is None
     assert build_roi_head(mask_size=14).mask_recipe == MaskTargetRecipe(mask_size=14)
+    cfg = roi_head_cfg()
+    cfg['train_cfg'].update(soft_mask_target=True, mask_target_aligned=False)
+    assert MODELS.build(cfg).mask_recipe == MaskTargetRecipe(28, True, False)
 
 
 def test_loss_without_gt_masks_names_load_annotations():

@@ -51,6 +51,9 @@ def multiclass_nms(boxes: Tensor, scores: Tensor, image_ids: Tensor, num_images:
     labels = torch.arange(num_classes, device=scores.device).expand_as(scores)     # (K, C)
     rois = torch.arange(scores.shape[0], device=scores.device)[:, None].expand_as(scores)
     keep = scores > recipe.score_thr
+    if recipe.min_bbox_size >= 0:
+        sides = boxes[..., 2:] - boxes[..., :2]                                 # (K, C, 2)
+        keep &= (sides > recipe.min_bbox_size).all(-1)
     boxes, scores, labels, rois = boxes[keep], scores[keep], labels[keep], rois[keep]
     images = image_ids[rois]
     kept = batched_nms(boxes, scores, images * num_classes + labels, recipe.iou_threshold)

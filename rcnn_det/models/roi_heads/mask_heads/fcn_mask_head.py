@@ -29,6 +29,7 @@ class MaskTargetRecipe:
     """How ground-truth masks become RoI targets (mmdet's ``train_cfg.rcnn`` mask keys)."""
     mask_size: int = 28             # S: targets are S x S crops of each RoI's gt mask
     soft_mask_target: bool = False  # False: binarise the crop at 0.5 (mmdet); True: keep [0, 1]
+    mask_target_aligned: bool = True  # RoIAlign's half-pixel alignment (mmdet; torchvision: no)
 
 
 def build_upsample(upsample_cfg: dict | None, channels: int) -> nn.Module | None:
@@ -104,7 +105,7 @@ class FCNMaskHead(BaseModule):
         targets = []
         for res, gt in zip(sampling_results, batch_gt_instances):
             crops = crop_and_resize_masks(gt.masks, res.pos_priors, res.pos_assigned_gt_inds,
-                                          recipe.mask_size)
+                                          recipe.mask_size, recipe.mask_target_aligned)
             targets.append(crops if recipe.soft_mask_target else (crops >= 0.5).to(crops.dtype))
         return torch.cat(targets)
 
@@ -148,5 +149,6 @@ class FCNMaskHead(BaseModule):
                 sx, sy = meta['scale_factor']
                 res.bboxes = scale_boxes(res.bboxes, (1 / sx, 1 / sy))
             frame = meta['ori_shape'] if rescale else meta['img_shape']
-            res.masks = paste_masks(probs, res.bboxes, frame[:2], recipe.mask_thr_binary)
+            res.masks = paste_masks(probs, res.bboxes, frame[:2], recipe.mask_thr_binary,
+                                    mode=recipe.mask_paste)
         return results_list
