@@ -5,6 +5,7 @@ Shape letters: N instances of the image, H x W its size in pixels.
 from __future__ import annotations
 
 import numpy as np
+from mmcv.transforms import BaseTransform
 from mmcv.transforms import LoadAnnotations as MMCVLoadAnnotations
 from mmcv.transforms import LoadImageFromFile as MMCVLoadImageFromFile
 from pycocotools import mask as mask_utils
@@ -58,6 +59,37 @@ class LoadImageFromFile(MMCVLoadImageFromFile):
         except Exception as e:
             raise OSError(f'cannot read image file {path} ({where}): {e!r}') from e
         return loaded
+
+
+@TRANSFORMS.register_module()
+class LoadImageFromNDArray(BaseTransform):
+    """``LoadImageFromFile`` for an image already in memory (mmdetection 3.x's name).
+
+    ``results['img']``: (H, W, 3) BGR array, as ``mmcv.imread`` or ``cv2.imread`` give it; kept
+    as is (``to_float32`` converts it). Adds ``img_path`` = None, ``img_shape`` and
+    ``ori_shape`` (H, W). ``inference_detector`` puts it in place of the file loader for arrays.
+    """
+
+    def __init__(self, to_float32: bool = False) -> None:
+        self.to_float32 = to_float32
+
+    def transform(self, results: dict) -> dict:
+        img = results.get('img')
+        if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3:
+            got = (f'an array of shape {img.shape}' if isinstance(img, np.ndarray)
+                   else type(img).__name__)
+            raise ValueError(f'LoadImageFromNDArray: expected an (H, W, 3) BGR image array, '
+                             f"got {got} (img_id={results.get('img_id')})")
+        if self.to_float32:
+            img = img.astype(np.float32)
+        results['img'] = img
+        results['img_path'] = None
+        results['img_shape'] = img.shape[:2]
+        results['ori_shape'] = img.shape[:2]
+        return results
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}(to_float32={self.to_float32})'
 
 
 @TRANSFORMS.register_module()
