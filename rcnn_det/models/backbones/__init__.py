@@ -1,3 +1,4 @@
 from .resnet import BasicBlock, Bottleneck, ResNet
+from .vgg import VGG
 
-__all__ = ['BasicBlock', 'Bottleneck', 'ResNet']
+__all__ = ['BasicBlock', 'Bottleneck', 'ResNet', 'VGG']

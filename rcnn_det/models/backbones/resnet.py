@@ -1,7 +1,8 @@
 """``ResNet``: mmdetection's ResNet backbone (18/34/50/101/152), torchvision's weight layout.
 
 State-dict keys equal torchvision's (``conv1``, ``bn1``, ``layer1.0.conv1``, ...,
-``layer1.0.downsample.0``), so torchvision ImageNet weights load as they are (``fc.*`` unused).
+``layer1.0.downsample.0``), so torchvision ImageNet weights load as they are (``fc.*`` unused),
+from a file or, by mmdetection's name ``torchvision://resnet50``, from the torch hub cache.
 forward(x (B, 3, H, W)) -> tuple of stage outputs ``out_indices``; stage i has stride 2^(i+2)
 and 64 * 2^i (BasicBlock) or 256 * 2^i (Bottleneck) channels, times base_channels / 64.
 """
@@ -14,6 +15,8 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from rcnn_det.registry import MODELS
+
+from .torchvision_weights import resolve_pretrained_init_cfg
 
 
 class BasicBlock(BaseModule):
@@ -106,8 +109,10 @@ def make_res_layer(block: type, inplanes: int, planes: int, num_blocks: int, str
 class ResNet(BaseModule):
     """mmdetection's ResNet (arguments, defaults, freezing and norm_eval behaviour).
 
-    Pretrained weights: ``init_cfg=dict(type='Pretrained', checkpoint='path/to/resnet50.pth')``
-    accepts a torchvision ResNet state dict file.
+    Pretrained weights: ``init_cfg=dict(type='Pretrained', checkpoint=...)`` takes a torchvision
+    ResNet state dict file, or mmdetection's ``'torchvision://resnet50'``, which is read from
+    ``<torch.hub.get_dir()>/checkpoints/resnet50-0676ba61.pth`` (an error names that path when
+    the file is missing; nothing is downloaded). See ``torchvision_weights.py``.
     """
 
     arch_settings = {18: (BasicBlock, (2, 2, 2, 2)), 34: (BasicBlock, (3, 4, 6, 3)),
@@ -178,8 +183,12 @@ class ResNet(BaseModule):
                 param.requires_grad = False
 
     def init_weights(self) -> None:
+        # mmengine's loader would download a 'torchvision://' checkpoint; resolve it to the
+        # local torch hub cache first (or fail, naming the expected file).
+        self.init_cfg = resolve_pretrained_init_cfg(self.init_cfg, 'ResNet.init_cfg')
         super().init_weights()
-        is_pretrained = isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained'
+        cfgs = [self.init_cfg] if isinstance(self.init_cfg, dict) else self.init_cfg or []
+        is_pretrained = any(cfg.get('type') == 'Pretrained' for cfg in cfgs)
         if self.zero_init_residual and not is_pretrained:
             # Each residual block starts as the identity (Goyal et al., 2017), as mmdet does.
             for module in self.modules():
