@@ -27,13 +27,17 @@ def test_benchmark_compares_with_torchvision(tmp_path):
 
 
 @pytest.mark.parametrize('config', ['configs/demo/atss_r18_fpn_shapes.py',
-                                    'configs/demo/mask_rcnn_r18_fpn_shapes.py'])
-def test_benchmark_runs_one_stage_and_mask_configs(tmp_path, config):
+                                    'configs/demo/mask_rcnn_r18_fpn_shapes.py',
+                                    'configs/demo/co_deformable_detr_r18_shapes.py'])
+def test_benchmark_runs_one_stage_mask_and_co_detr_configs(tmp_path, config):
     proc = run_tool([PYTHON, str(REPO_ROOT / 'tools/analysis_tools/benchmark.py'),
                      str(REPO_ROOT / config), '--batch-size', '1', '--shape', '128', '160',
                      '--iters', '1', '--warmup', '0', '--device', 'cpu'], cwd=tmp_path)
     row = re.search(r'^rcnn_det\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$', proc.stdout, flags=re.M)
     assert row and float(row.group(1)) > 0 and float(row.group(3)) > 0, proc.stdout
+    memory = re.search(r'^peak memory: (\d+) MB \(resident set of the process\)$', proc.stdout,
+                       flags=re.M)
+    assert memory and int(memory.group(1)) > 100, proc.stdout
 
 
 def test_deformable_attention_benchmark(tmp_path):

@@ -8,8 +8,8 @@ import re
 import pytest
 import torch
 
-from conftest import (ATSS_DEMO_CONFIG, DETR_DEMO_CONFIG, MASK_DEMO_CONFIG, PYTHON, REPO_ROOT,
-                      run_tool, write_tiny_demo_config)
+from conftest import (ATSS_DEMO_CONFIG, CO_DETR_DEMO_CONFIG, DETR_DEMO_CONFIG, MASK_DEMO_CONFIG,
+                      PYTHON, REPO_ROOT, VGG_DEMO_CONFIG, run_tool, write_tiny_demo_config)
 from rcnn_det.engine import register_checkpoint_safe_globals
 
 pytestmark = pytest.mark.slow
@@ -84,10 +84,17 @@ def test_mask_rcnn_train_then_test(tmp_path, tiny_shapes_root):
     (ATSS_DEMO_CONFIG, r'loss_cls: [0-9.]+.*loss_bbox: [0-9.]+.*loss_centerness: [0-9.]+'),
     # per decoder layer (d0 ... last) and, two-stage, the encoder proposals
     (DETR_DEMO_CONFIG, r'd0\.loss_cls: [0-9.]+.* loss_iou: [0-9.]+.*enc_loss_cls: [0-9.]+'),
-], ids=['atss', 'deformable_detr'])
-def test_one_stage_and_detr_demos_train_then_test(tmp_path, tiny_shapes_root, base, losses):
-    """The ATSS and Deformable DETR demos through the tools: their losses logged, COCO bbox
-    mAP reported by training's validation and by the test tool, the predictions drawn."""
+    # seed 003's VGG16 Faster R-CNN: one stride-16 map, no FPN, RoIPool
+    (VGG_DEMO_CONFIG, r'loss_rpn_cls: [0-9.]+.*loss_rpn_bbox: [0-9.]+.*loss_cls: [0-9.]+'),
+    # Co-DETR: the query head's, the auxiliary heads' (suffixed) and the positive queries'
+    (CO_DETR_DEMO_CONFIG, r'enc_loss_cls: [0-9.]+.*loss_rpn_cls: [0-9.]+.*loss_cls0: [0-9.]+'
+                          r'.*loss_centerness1: [0-9.]+.*loss_cls_aux0: [0-9.]+'
+                          r'.*loss_iou_aux1: [0-9.]+'),
+], ids=['atss', 'deformable_detr', 'faster_rcnn_vgg16', 'co_deformable_detr'])
+def test_more_demos_train_then_test(tmp_path, tiny_shapes_root, base, losses):
+    """The ATSS, Deformable DETR, VGG16 Faster R-CNN and Co-DETR demos through the tools:
+    their losses logged, COCO bbox mAP reported by training's validation and by the test tool,
+    the predictions drawn."""
     cfg = write_tiny_demo_config(tmp_path / 'tiny.py', tiny_shapes_root, base=base)
     work = tmp_path / 'work'
     proc = run_tool([PYTHON, str(REPO_ROOT / 'tools/train.py'), str(cfg), '--work-dir',

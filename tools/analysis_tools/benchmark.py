@@ -6,7 +6,8 @@
 Inputs are random images of one fixed shape with a few random ground-truth boxes each, so the
 numbers measure the model (backbone to losses / detections), not data loading. Training
 iterations/s include forward, backward and an SGD step; inference images/s include
-post-processing. Any detector config works (Faster/Mask R-CNN, ATSS, ...). With ``--compare
+post-processing; the peak memory is printed too. Any detector config works (Faster/Mask R-CNN,
+ATSS, Deformable DETR, Co-DETR, ...). With ``--compare
 torchvision`` torchvision's ``fasterrcnn_resnet50_fpn`` (random
 init, 81 classes, backbone frozen like the mmdet recipe: stem + layer1 frozen, frozen BN) runs on
 the same inputs, and the ratios are printed. The two models take turns, one step each, and the
@@ -167,6 +168,14 @@ def torchvision_steps(batch, args, device, num_classes: int) -> tuple[Callable, 
     return train_step, infer_step
 
 
+def peak_memory_mb(device: torch.device) -> float:
+    """The most GPU memory tensors took on ``device``, or the process's peak resident set."""
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # kB on Linux
+
+
 def config_num_classes(model_cfg) -> int:
     """The class count of a two-stage (roi_head.bbox_head), one-stage (bbox_head) or DETR-style
     (query_head) model config."""
@@ -174,6 +183,8 @@ def config_num_classes(model_cfg) -> int:
         node = model_cfg
         for key in path:
             node = node.get(key) if node is not None else None
+            if isinstance(node, (list, tuple)):   # Co-DETR's lists of auxiliary heads
+                node = node[0] if node else None
         if node is not None and 'num_classes' in node:
             return node['num_classes']
     raise KeyError('benchmark: cannot find num_classes in model.roi_head.bbox_head, '
@@ -204,6 +215,9 @@ def main() -> None:
     print(f'{"":12s} {"train it/s":>11s} {"train s/it":>11s} {"infer img/s":>12s}')
     for name, train_s, infer_s in rows:
         print(f'{name:12s} {1 / train_s:11.3f} {train_s:11.3f} {args.batch_size / infer_s:12.3f}')
+    print(f'peak memory: {peak_memory_mb(device):.0f} MB '
+          f'({"allocated on the GPU" if device.type == "cuda" else "resident set of the process"}'
+          f'{", both models" if len(rows) == 2 else ""})')
     if len(rows) == 2:
         (_, t_ours, i_ours), (_, t_tv, i_tv) = rows
         print(f'{"ratio":12s} {t_tv / t_ours:11.2f}x {"":11s} {i_tv / i_ours:11.2f}x   '

@@ -18,7 +18,7 @@ from rcnn_det.registry import MODELS, TASK_UTILS
 from rcnn_det.structures import SampleList, scale_boxes, unpack_gt_instances
 
 from ..recipes import DenseDetectionRecipe, build_or_pass
-from ..task_modules.anchor_targets import anchor_targets, read_anchor_train_cfg
+from ..task_modules.anchor_targets import AnchorTargets, anchor_targets, read_anchor_train_cfg
 from ..task_modules.samplers import PseudoSampler
 from ..utils import reduce_mean
 from .base_dense_head import BaseDenseHead
@@ -147,7 +147,15 @@ class ATSSHead(BaseDenseHead):
 
     def loss_by_feat(self, cls_scores: list[Tensor], bbox_preds: list[Tensor],
                      centernesses: list[Tensor], batch_data_samples: SampleList) -> dict:
-        """mmdet's ATSS losses, one term per level:
+        return self.loss_and_targets(cls_scores, bbox_preds, centernesses,
+                                     batch_data_samples)[0]
+
+    def loss_and_targets(self, cls_scores: list[Tensor], bbox_preds: list[Tensor],
+                         centernesses: list[Tensor], batch_data_samples: SampleList
+                         ) -> tuple[dict, Tensor, AnchorTargets]:
+        """The losses, the anchors of every level (N, 4) and their targets.
+
+        mmdet's ATSS losses, one term per level:
 
         loss_cls: focal loss over every anchor / number of positives;
         loss_bbox: GIoU of each positive's decoded box, weighted by its centerness target,
@@ -190,10 +198,11 @@ class ATSSHead(BaseDenseHead):
                                            reduction_override='none')    # (P,)
         bbox_norm = max(reduce_mean(float(center_targets.sum()), device), 1.0)
         num_levels = len(level_sizes)
-        return dict(
+        losses = dict(
             loss_cls=[part.sum() / avg_factor for part in loss_cls.split(level_sizes, 1)],
             loss_bbox=level_sums(loss_bbox, pos_levels, num_levels, bbox_norm, deltas),
             loss_centerness=level_sums(loss_center, pos_levels, num_levels, avg_factor, center))
+        return losses, anchors, targets
 
     # ---- inference ------------------------------------------------------------------------
 

@@ -72,7 +72,8 @@ class DeformableDETRHead(BaseModule):
                  positional_encoding: dict = DEFAULT_POSITIONAL_ENCODING,
                  loss_cls=DEFAULT_DETR_CLS_LOSS, loss_bbox=DEFAULT_DETR_BOX_LOSS,
                  loss_iou=DEFAULT_DETR_IOU_LOSS, with_box_refine: bool = False,
-                 as_two_stage: bool = False, train_cfg: dict | None = None,
+                 as_two_stage: bool = False, mixed_selection: bool = False,
+                 train_cfg: dict | None = None,
                  test_cfg: dict | None = None, init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
         self.num_classes = num_classes
@@ -80,6 +81,7 @@ class DeformableDETRHead(BaseModule):
         self.sync_cls_avg_factor = sync_cls_avg_factor
         self.with_box_refine = with_box_refine
         self.as_two_stage = as_two_stage
+        self.mixed_selection = mixed_selection
         self.loss_cls = build_or_pass(MODELS, loss_cls)
         self.loss_bbox = build_or_pass(MODELS, loss_bbox)
         self.loss_iou = build_or_pass(MODELS, loss_iou)
@@ -87,7 +89,8 @@ class DeformableDETRHead(BaseModule):
             raise ValueError('DeformableDETRHead: loss_cls must be a sigmoid loss (FocalLoss)')
         self.positional_encoding = MODELS.build(positional_encoding)
         self.transformer = MODELS.build(dict(copy.deepcopy(transformer),
-                                             as_two_stage=as_two_stage))
+                                             as_two_stage=as_two_stage,
+                                             mixed_selection=mixed_selection))
         embed = self.transformer.embed_dims
         num_layers = self.transformer.decoder.num_layers
         num_pred = num_layers + 1 if as_two_stage else num_layers
@@ -101,7 +104,15 @@ class DeformableDETRHead(BaseModule):
             self.cls_branches = nn.ModuleList(fc_cls for _ in range(num_pred))
             self.reg_branches = nn.ModuleList(reg_branch for _ in range(num_pred))
         if not as_two_stage:
-            self.query_embedding = nn.Embedding(num_query, embed * 2)
+            self.query_embedding = nn.Embedding(num_query, embed * 2)   # position, content
+        elif mixed_selection:
+            self.query_embedding = nn.Embedding(num_query, embed)       # content
+            if self.transformer.two_stage_num_proposals != num_query:
+                raise ValueError(
+                    f'{type(self).__name__}: with mixed_selection each of the '
+                    f'{self.transformer.two_stage_num_proposals} selected proposals '
+                    f'(transformer.two_stage_num_proposals) needs one of the num_query='
+                    f'{num_query} content queries; make them equal')
         train = RecipeReader(train_cfg, 'bbox_head.train_cfg')
         self.assigner = train.build('assigner', TASK_UTILS, None)
         train.reject_rest()
@@ -124,12 +135,26 @@ class DeformableDETRHead(BaseModule):
         self._is_init = True
 
     def forward(self, mlvl_feats: tuple[Tensor, ...], batch_img_metas: list[dict]):
+        return self.forward_with_memory(mlvl_feats, batch_img_metas)[:4]
+
+    def forward_with_memory(self, mlvl_feats: tuple[Tensor, ...], batch_img_metas: list[dict]):
+        """``forward``'s outputs and then the transformer's ``EncodedLevels``."""
         masks = image_masks(batch_img_metas, list(mlvl_feats))
         positions = [self.positional_encoding(m) for m in masks]
-        queries, init_ref, inter_refs, enc_cls, enc_coord_unact = self.transformer(
-            list(mlvl_feats), masks, None if self.as_two_stage else self.query_embedding.weight,
-            positions, reg_branches=self.reg_branches if self.with_box_refine else None,
-            cls_branches=self.cls_branches if self.as_two_stage else None)
+        query_embed = getattr(self, 'query_embedding', None)
+        queries, init_ref, inter_refs, enc_cls, enc_coord_unact, enc = \
+            self.transformer.forward_with_memory(
+                list(mlvl_feats), masks, None if query_embed is None else query_embed.weight,
+                positions, reg_branches=self.reg_branches if self.with_box_refine else None,
+                cls_branches=self.cls_branches if self.as_two_stage else None)
+        cls_scores, bbox_preds = self.predict_layers(queries, init_ref, inter_refs)
+        enc_boxes = enc_coord_unact.sigmoid() if enc_coord_unact is not None else None
+        return cls_scores, bbox_preds, enc_cls, enc_boxes, enc
+
+    def predict_layers(self, queries: Tensor, init_ref: Tensor, inter_refs: Tensor
+                       ) -> tuple[Tensor, Tensor]:
+        """Each decoder layer's class logits (K, B, Q, C) and boxes (K, B, Q, 4), the boxes
+        relative to the reference the layer started from."""
         cls_scores, bbox_preds = [], []
         for k, query in enumerate(queries):
             reference = inverse_sigmoid(init_ref if k == 0 else inter_refs[k - 1])
@@ -140,8 +165,7 @@ class DeformableDETRHead(BaseModule):
                 boxes = torch.cat([delta[..., :2] + reference, delta[..., 2:]], -1)
             cls_scores.append(self.cls_branches[k](query))
             bbox_preds.append(boxes.sigmoid())
-        enc_boxes = enc_coord_unact.sigmoid() if enc_coord_unact is not None else None
-        return torch.stack(cls_scores), torch.stack(bbox_preds), enc_cls, enc_boxes
+        return torch.stack(cls_scores), torch.stack(bbox_preds)
 
     # ---- training -------------------------------------------------------------------------
 
@@ -171,9 +195,17 @@ class DeformableDETRHead(BaseModule):
 
     def loss_single(self, cls_scores: Tensor, bbox_preds: Tensor,
                     batch_gt_instances: list[InstanceData], metas: list[dict]) -> dict:
-        """One layer: Hungarian-match each image's Q predictions to its G objects, then focal
-        loss over every (query, class) / matched count, L1 on normalised cxcywh and GIoU on
-        pixel boxes of the matched queries / matched count."""
+        """One layer: Hungarian-match each image's Q predictions to its G objects, then the
+        losses of ``loss_by_targets``."""
+        labels, targets, weights = self.match(cls_scores, bbox_preds, batch_gt_instances, metas)
+        return self.loss_by_targets(cls_scores, bbox_preds, labels, torch.ones_like(
+            labels, dtype=cls_scores.dtype), targets, weights, metas)
+
+    def match(self, cls_scores: Tensor, bbox_preds: Tensor,
+              batch_gt_instances: list[InstanceData], metas: list[dict]
+              ) -> tuple[Tensor, Tensor, Tensor]:
+        """Hungarian targets of one layer: labels (B, Q) (C = unmatched), boxes (B, Q, 4)
+        normalised cxcywh and their weights (B, Q, 4), 1 on matched queries."""
         num_images, num_queries = cls_scores.shape[:2]
         factors = image_factors(metas, cls_scores.device)[:, None]        # (B, 1, 4)
         labels = cls_scores.new_full((num_images, num_queries), self.num_classes,
@@ -189,13 +221,24 @@ class DeformableDETRHead(BaseModule):
             labels[i, pos] = gt.labels[matched]
             targets[i, pos] = bbox_xyxy_to_cxcywh(gt.bboxes[matched] / factors[i])
             weights[i, pos] = 1.0
+        return labels, targets, weights
+
+    def loss_by_targets(self, cls_scores: Tensor, bbox_preds: Tensor, labels: Tensor,
+                        label_weights: Tensor, targets: Tensor, weights: Tensor,
+                        metas: list[dict]) -> dict:
+        """Focal loss over every (query, class) / the number of positive queries, L1 on
+        normalised cxcywh and GIoU on pixel boxes of the weighted queries / that number.
+
+        cls_scores (B, Q, C), bbox_preds (B, Q, 4); labels (B, Q) with C = background,
+        label_weights (B, Q); targets (B, Q, 4) normalised cxcywh, weights (B, Q, 4).
+        """
+        factors = image_factors(metas, cls_scores.device)[:, None]        # (B, 1, 4)
         num_pos = float((labels < self.num_classes).sum())
         cls_avg = max(reduce_mean(num_pos, cls_scores.device) if self.sync_cls_avg_factor
                       else num_pos, 1.0)
         box_avg = max(reduce_mean(num_pos, cls_scores.device), 1.0)
         loss_cls = self.loss_cls(cls_scores.reshape(-1, self.num_classes), labels.reshape(-1),
-                                 torch.ones_like(labels.reshape(-1), dtype=cls_scores.dtype),
-                                 avg_factor=cls_avg)
+                                 label_weights.reshape(-1), avg_factor=cls_avg)
         boxes_px = bbox_cxcywh_to_xyxy(bbox_preds) * factors
         targets_px = bbox_cxcywh_to_xyxy(targets) * factors
         loss_iou = self.loss_iou(boxes_px.reshape(-1, 4), targets_px.reshape(-1, 4),
@@ -209,7 +252,7 @@ class DeformableDETRHead(BaseModule):
     def predict(self, x: tuple[Tensor, ...], batch_data_samples: SampleList,
                 rescale: bool = True) -> list[InstanceData]:
         metas = [s.metainfo for s in batch_data_samples]
-        cls_scores, bbox_preds, _, _ = self(x, metas)
+        cls_scores, bbox_preds = self(x, metas)[:2]
         return self.predict_by_feat(cls_scores[-1], bbox_preds[-1], metas, rescale)
 
     def predict_by_feat(self, cls_scores: Tensor, bbox_preds: Tensor, metas: list[dict],

@@ -1,3 +1,4 @@
+from .co_deformable_transformer import CoDeformableDetrTransformer
 from .deformable_transformer import (DeformableDetrTransformer, DeformableDetrTransformerDecoder,
                                      encoder_reference_points, inverse_sigmoid,
                                      proposal_pos_embed, valid_ratios)
@@ -7,7 +8,8 @@ from .roi_align import RoIAlign, RoIPool
 from .transformer import (FFN, BaseTransformerLayer, DetrTransformerDecoderLayer,
                           DetrTransformerEncoder, MultiheadAttention)
 
-__all__ = ['FFN', 'BaseTransformerLayer', 'DeformableDetrTransformer',
+__all__ = ['FFN', 'BaseTransformerLayer', 'CoDeformableDetrTransformer',
+           'DeformableDetrTransformer',
            'DeformableDetrTransformerDecoder', 'DetrTransformerDecoderLayer',
            'DetrTransformerEncoder',
            'MultiScaleDeformableAttention', 'MultiheadAttention', 'RoIAlign', 'RoIPool',

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -66,6 +67,23 @@ def proposal_pos_embed(proposals: Tensor, num_feats: int = 128,
     freqs = temperature ** (2 * (k // 2) / num_feats)
     angles = proposals.sigmoid()[..., None] * (2 * math.pi) / freqs       # (B, Q, 4, F)
     return torch.stack([angles[..., 0::2].sin(), angles[..., 1::2].cos()], -1).flatten(2)
+
+
+@dataclass
+class EncodedLevels:
+    """The flattened levels as the decoder sees them."""
+    memory: Tensor                    # (B, N, C) encoder output (or the raw tokens)
+    padding: Tensor                   # (B, N) True on padding
+    shapes: list[tuple[int, int]]     # L (H_l, W_l)
+    spatial_shapes: Tensor            # (L, 2) long
+    level_start_index: Tensor         # (L,) long
+    ratios: Tensor                    # (B, L, 2) valid (w, h) fractions
+
+    def maps(self) -> list[Tensor]:
+        """The memory back as L maps (B, C, H_l, W_l)."""
+        chunks = self.memory.split([h * w for h, w in self.shapes], 1)
+        return [c.transpose(1, 2).reshape(c.shape[0], -1, h, w)
+                for c, (h, w) in zip(chunks, self.shapes)]
 
 
 def batch_first_layers(layer_sequence_cfg: dict) -> dict:
@@ -132,20 +150,22 @@ class DeformableDetrTransformer(BaseModule):
     """Encoder, two-stage query selection or learned queries, refining decoder.
 
     forward(mlvl_feats: L maps (B, C, H_l, W_l), mlvl_masks: L (B, H_l, W_l) bool (True =
-            padding), query_embed: (Q, 2C) learned (positional, content) queries (one-stage;
-            None when two-stage), mlvl_pos_embeds: L maps (B, C, H_l, W_l),
+            padding), query_embed: (Q, 2C) learned (positional, content) queries (one-stage),
+            (Q, C) learned content queries (two-stage with ``mixed_selection``, Co-DETR's),
+            else None, mlvl_pos_embeds: L maps (B, C, H_l, W_l),
             reg_branches, cls_branches: the head's K (+1 when two-stage) branches)
         -> (queries (K, B, Q, C), init_reference (B, Q, 2 or 4), inter_references
             (K, B, Q, 2 or 4), enc_outputs_class (B, N, num_classes) or None,
             enc_outputs_coord_unact (B, N, 4) or None)
     Two-stage: branch K scores every encoder token as a proposal around its cell (w = h =
     0.05 * 2^level); the ``two_stage_num_proposals`` best by the class-0 logit become the
-    queries' reference boxes (detached) and, through ``pos_trans``, their embeddings.
+    queries' reference boxes (detached) and, through ``pos_trans``, their embeddings (with
+    ``mixed_selection`` only their positional half; the content is learned).
     """
 
     def __init__(self, encoder: dict, decoder: dict, as_two_stage: bool = False,
                  num_feature_levels: int = 4, two_stage_num_proposals: int = 300,
-                 init_cfg=None) -> None:
+                 mixed_selection: bool = False, init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
         self.encoder = MODELS.build(batch_first_layers(encoder))
         self.decoder = MODELS.build(copy.deepcopy(dict(decoder)))
@@ -153,6 +173,9 @@ class DeformableDetrTransformer(BaseModule):
         self.as_two_stage = as_two_stage
         self.num_feature_levels = num_feature_levels
         self.two_stage_num_proposals = two_stage_num_proposals
+        if mixed_selection and not as_two_stage:
+            raise ValueError('DeformableDetrTransformer: mixed_selection needs as_two_stage')
+        self.mixed_selection = mixed_selection
         c = self.embed_dims
         self.level_embeds = nn.Parameter(torch.empty(num_feature_levels, c))
         if as_two_stage:
@@ -179,18 +202,6 @@ class DeformableDetrTransformer(BaseModule):
         nn.init.normal_(self.level_embeds)
         self._is_init = True
 
-    def flatten(self, mlvl_feats: list[Tensor], mlvl_masks: list[Tensor],
-                mlvl_pos_embeds: list[Tensor]) -> tuple[Tensor, Tensor, Tensor, list]:
-        """-> tokens (B, N, C), padding (B, N), positions + level embeddings (B, N, C), and
-        the L (H_l, W_l) shapes."""
-        feats, masks, positions, shapes = [], [], [], []
-        for level, (feat, mask, pos) in enumerate(zip(mlvl_feats, mlvl_masks, mlvl_pos_embeds)):
-            shapes.append(tuple(feat.shape[-2:]))
-            feats.append(feat.flatten(2).transpose(1, 2))
-            masks.append(mask.flatten(1))
-            positions.append(pos.flatten(2).transpose(1, 2) + self.level_embeds[level])
-        return torch.cat(feats, 1), torch.cat(masks, 1), torch.cat(positions, 1), shapes
-
     def encoder_proposals(self, memory: Tensor, padding: Tensor,
                           spatial_shapes: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
         """-> (memory with padded / invalid tokens zeroed, then enc_output and its norm
@@ -216,43 +227,79 @@ class DeformableDetrTransformer(BaseModule):
         memory = memory.masked_fill(padding[..., None], 0).masked_fill(~usable, 0)
         return self.enc_output_norm(self.enc_output(memory)), proposals
 
-    def forward(self, mlvl_feats: list[Tensor], mlvl_masks: list[Tensor],
-                query_embed: Tensor | None, mlvl_pos_embeds: list[Tensor],
-                reg_branches: nn.ModuleList | None = None,
-                cls_branches: nn.ModuleList | None = None, **kwargs):
-        if self.as_two_stage and cls_branches is None:
-            raise ValueError('DeformableDetrTransformer: as_two_stage needs cls_branches')
-        tokens, padding, positions, shapes = self.flatten(mlvl_feats, mlvl_masks,
-                                                          mlvl_pos_embeds)
+    def encode(self, mlvl_feats: list[Tensor], mlvl_masks: list[Tensor],
+               mlvl_pos_embeds: list[Tensor] | None) -> EncodedLevels:
+        """Flatten the levels and, with position embeddings, run the encoder over them; without
+        (Co-DETR's auxiliary passes), the flattened features themselves are the memory."""
+        shapes = [tuple(feat.shape[-2:]) for feat in mlvl_feats]
+        tokens = torch.cat([feat.flatten(2).transpose(1, 2) for feat in mlvl_feats], 1)
+        padding = torch.cat([mask.flatten(1) for mask in mlvl_masks], 1)
         spatial_shapes = torch.tensor(shapes, dtype=torch.long, device=tokens.device)
         level_start_index = torch.cat([spatial_shapes.new_zeros(1),
                                        spatial_shapes.prod(1).cumsum(0)[:-1]])
         ratios = torch.stack([valid_ratios(m) for m in mlvl_masks], 1)       # (B, L, 2)
-        memory = self.encoder(tokens, query_pos=positions, query_key_padding_mask=padding,
-                              spatial_shapes=spatial_shapes, level_start_index=level_start_index,
-                              valid_ratios=ratios,
-                              reference_points=encoder_reference_points(shapes, ratios))
-        enc_class = enc_coord_unact = None
-        if self.as_two_stage:
-            out_memory, proposals = self.encoder_proposals(memory, padding, shapes)
-            enc_class = cls_branches[self.decoder.num_layers](out_memory)
-            enc_coord_unact = reg_branches[self.decoder.num_layers](out_memory) + proposals
-            k = min(self.two_stage_num_proposals, enc_class.shape[1])  # tiny inputs: all tokens
-            top = enc_class[..., 0].topk(k, dim=1).indices
-            top_unact = enc_coord_unact.gather(1, top[..., None].expand(-1, -1, 4)).detach()
-            reference_points = top_unact.sigmoid()
-            query_pos, query = self.pos_trans_norm(
-                self.pos_trans(proposal_pos_embed(top_unact, self.embed_dims // 2))
-            ).split(self.embed_dims, -1)
-        else:
+        memory = tokens
+        if mlvl_pos_embeds is not None:
+            positions = torch.cat([pos.flatten(2).transpose(1, 2) + self.level_embeds[level]
+                                   for level, pos in enumerate(mlvl_pos_embeds)], 1)
+            memory = self.encoder(
+                tokens, query_pos=positions, query_key_padding_mask=padding,
+                spatial_shapes=spatial_shapes, level_start_index=level_start_index,
+                valid_ratios=ratios, reference_points=encoder_reference_points(shapes, ratios))
+        return EncodedLevels(memory, padding, shapes, spatial_shapes, level_start_index, ratios)
+
+    def select_queries(self, enc: EncodedLevels, query_embed: Tensor | None,
+                       reg_branches: nn.ModuleList | None, cls_branches: nn.ModuleList | None
+                       ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+        """-> (query (B, Q, C), query_pos (B, Q, C), reference points (B, Q, 2 or 4),
+        encoder class logits (B, N, classes), encoder boxes (B, N, 4) unactivated) — the last
+        two only when two-stage."""
+        batch = enc.memory.shape[0]
+        if not self.as_two_stage:
             query_pos, query = query_embed.split(self.embed_dims, -1)
-            batch = tokens.shape[0]
             query_pos = query_pos[None].expand(batch, -1, -1)
             query = query[None].expand(batch, -1, -1)
-            reference_points = self.reference_points(query_pos).sigmoid()
-        queries, references = self.decoder(
-            query, None, memory, query_pos=query_pos, key_padding_mask=padding,
-            reference_points=reference_points, spatial_shapes=spatial_shapes,
-            level_start_index=level_start_index, valid_ratios=ratios, reg_branches=reg_branches,
-            **kwargs)
-        return queries, reference_points, references, enc_class, enc_coord_unact
+            return query, query_pos, self.reference_points(query_pos).sigmoid(), None, None
+        if cls_branches is None:
+            raise ValueError('DeformableDetrTransformer: as_two_stage needs cls_branches')
+        out_memory, proposals = self.encoder_proposals(enc.memory, enc.padding, enc.shapes)
+        enc_class = cls_branches[self.decoder.num_layers](out_memory)
+        enc_coord_unact = reg_branches[self.decoder.num_layers](out_memory) + proposals
+        k = min(self.two_stage_num_proposals, enc_class.shape[1])  # tiny inputs: all tokens
+        top = enc_class[..., 0].topk(k, dim=1).indices
+        top_unact = enc_coord_unact.gather(1, top[..., None].expand(-1, -1, 4)).detach()
+        query_pos, query = self.pos_trans_norm(
+            self.pos_trans(proposal_pos_embed(top_unact, self.embed_dims // 2))
+        ).split(self.embed_dims, -1)
+        if self.mixed_selection:  # content queries learned, positions from the proposals
+            query = query_embed[None, :k].expand(batch, -1, -1)
+        return query, query_pos, top_unact.sigmoid(), enc_class, enc_coord_unact
+
+    def decode(self, enc: EncodedLevels, query: Tensor, query_pos: Tensor,
+               reference_points: Tensor, reg_branches: nn.ModuleList | None,
+               **kwargs) -> tuple[Tensor, Tensor]:
+        """The decoder over ``enc``'s memory -> (queries (K, B, Q, C), references (K, B, Q, *))."""
+        return self.decoder(
+            query, None, enc.memory, query_pos=query_pos, key_padding_mask=enc.padding,
+            reference_points=reference_points, spatial_shapes=enc.spatial_shapes,
+            level_start_index=enc.level_start_index, valid_ratios=enc.ratios,
+            reg_branches=reg_branches, **kwargs)
+
+    def forward(self, mlvl_feats: list[Tensor], mlvl_masks: list[Tensor],
+                query_embed: Tensor | None, mlvl_pos_embeds: list[Tensor],
+                reg_branches: nn.ModuleList | None = None,
+                cls_branches: nn.ModuleList | None = None, **kwargs):
+        return self.forward_with_memory(mlvl_feats, mlvl_masks, query_embed, mlvl_pos_embeds,
+                                        reg_branches, cls_branches, **kwargs)[:5]
+
+    def forward_with_memory(self, mlvl_feats: list[Tensor], mlvl_masks: list[Tensor],
+                            query_embed: Tensor | None, mlvl_pos_embeds: list[Tensor],
+                            reg_branches: nn.ModuleList | None = None,
+                            cls_branches: nn.ModuleList | None = None, **kwargs):
+        """``forward``'s outputs and then the encoder's ``EncodedLevels``."""
+        enc = self.encode(mlvl_feats, mlvl_masks, mlvl_pos_embeds)
+        query, query_pos, reference_points, enc_class, enc_coord_unact = self.select_queries(
+            enc, query_embed, reg_branches, cls_branches)
+        queries, references = self.decode(enc, query, query_pos, reference_points,
+                                          reg_branches, **kwargs)
+        return queries, reference_points, references, enc_class, enc_coord_unact, enc

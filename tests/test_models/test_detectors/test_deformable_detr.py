@@ -223,3 +223,56 @@ def test_predict_top_pairs_and_rescale():
     expected = torch.tensor([[0., 30., 100., 70.], [0., 30., 100., 70.], [140., 70., 200., 100.]])
     expected = expected / torch.tensor([2.0, 0.5, 2.0, 0.5])
     torch.testing.assert_close(res.bboxes, expected)
+
+
+def test_loss_by_feat_matches_each_layer_and_the_encoder_separately():
+    """Every decoder layer is matched and weighed on its own (d{k}. prefixes, the last bare);
+    the encoder's proposals are matched against class-agnostic (all class 0) objects."""
+    model = build(ONE_STAGE, encoder=dict(num_layers=1), decoder=dict(num_layers=1))
+    head = model.bbox_head
+    g = torch.Generator().manual_seed(0)
+    metas = [dict(img_shape=(100, 200)), dict(img_shape=(80, 120))]
+    gts = [InstanceData(bboxes=torch.tensor([[10., 10., 50., 60.], [100., 20., 180., 90.]]),
+                        labels=torch.tensor([3, 7])),
+           InstanceData(bboxes=torch.tensor([[5., 8., 60., 70.]]), labels=torch.tensor([1]))]
+    cls = torch.randn(3, 2, 6, 80, generator=g)
+    boxes = torch.rand(3, 2, 6, 4, generator=g) * 0.5 + 0.25
+    enc_cls = torch.randn(2, 20, 80, generator=g)
+    enc_boxes = torch.rand(2, 20, 4, generator=g) * 0.5 + 0.25
+    losses = head.loss_by_feat(cls, boxes, enc_cls, enc_boxes, gts, metas)
+    assert set(losses) == {f'{p}loss_{n}' for p in ('d0.', 'd1.', '', 'enc_')
+                           for n in ('cls', 'bbox', 'iou')}
+    for k, prefix in enumerate(('d0.', 'd1.', '')):
+        single = head.loss_single(cls[k], boxes[k], gts, metas)
+        for name, value in single.items():
+            torch.testing.assert_close(losses[prefix + name], value)
+    binary = [InstanceData(bboxes=gt.bboxes, labels=torch.zeros_like(gt.labels)) for gt in gts]
+    for name, value in head.loss_single(enc_cls, enc_boxes, binary, metas).items():
+        torch.testing.assert_close(losses['enc_' + name], value)
+    # the layers' losses differ: each has its own matching and predictions
+    assert not torch.allclose(losses['d0.loss_bbox'], losses['loss_bbox'])
+
+
+def test_sync_cls_avg_factor_averages_the_positive_count_over_processes(monkeypatch):
+    """With sync_cls_avg_factor the focal loss is divided by the mean positive count of all
+    processes (reduce_mean), like the box losses always are."""
+    import rcnn_det.models.dense_heads.deformable_detr_head as head_module
+    model = build(ONE_STAGE, encoder=dict(num_layers=1), decoder=dict(num_layers=1))
+    head = model.bbox_head
+    meta = dict(img_shape=(100, 200))
+    gt = InstanceData(bboxes=torch.tensor([[10., 10., 50., 60.], [100., 20., 180., 90.]]),
+                      labels=torch.tensor([3, 7]))
+    g = torch.Generator().manual_seed(1)
+    logits, boxes = torch.randn(1, 4, 80, generator=g), torch.rand(1, 4, 4, generator=g) * 0.5
+    head.sync_cls_avg_factor = False
+    local = head.loss_single(logits, boxes + 0.25, [gt], [meta])
+    # pretend the other processes matched 6 objects on average: mean count 4 instead of 2
+    monkeypatch.setattr(head_module, 'reduce_mean', lambda value, device=None: 2 * value)
+    head.sync_cls_avg_factor = True
+    synced = head.loss_single(logits, boxes + 0.25, [gt], [meta])
+    torch.testing.assert_close(synced['loss_cls'], local['loss_cls'] / 2)
+    torch.testing.assert_close(synced['loss_bbox'], local['loss_bbox'] / 2)
+    head.sync_cls_avg_factor = False
+    unsynced = head.loss_single(logits, boxes + 0.25, [gt], [meta])
+    torch.testing.assert_close(unsynced['loss_cls'], local['loss_cls'])   # local count kept
+    torch.testing.assert_close(unsynced['loss_bbox'], local['loss_bbox'] / 2)

@@ -523,17 +523,27 @@ def test_decoder_rejects_post_norm():
 # ---------------------------------------------------------------------------- transformer
 
 
-def test_flatten_adds_each_levels_embedding():
+def test_encode_flattens_levels_and_adds_each_levels_embedding(monkeypatch):
     transformer = build_transformer(as_two_stage=False)
     with torch.no_grad():
         transformer.level_embeds.copy_(torch.tensor([[1.0] * C, [-2.0] * C]))
     feats, masks, pos = transformer_inputs()
-    tokens, padding, positions, shapes = transformer.flatten(feats, masks, pos)
     expected = flatten_by_hand(transformer, feats, masks, pos)
-    assert shapes == SHAPES
-    assert tokens.shape == (B, N, C) and padding.shape == (B, N) and padding.dtype == torch.bool
-    assert_close(tokens, expected[0])
-    assert torch.equal(padding, expected[1])
+    raw = transformer.encode(feats, masks, None)    # no positions: the tokens are the memory
+    assert raw.shapes == SHAPES
+    assert raw.memory.shape == (B, N, C) and raw.padding.dtype == torch.bool
+    assert_close(raw.memory, expected[0])
+    assert torch.equal(raw.padding, expected[1])
+    for got, feat in zip(raw.maps(), feats):         # and back into maps
+        assert torch.equal(got, feat)
+    seen = {}
+
+    def fake_encoder(tokens, query_pos, **kwargs):
+        seen.update(tokens=tokens, positions=query_pos)
+        return tokens
+    monkeypatch.setattr(transformer.encoder, 'forward', fake_encoder)
+    transformer.encode(feats, masks, pos)
+    positions = seen['positions']
     assert_close(positions, expected[2])
     assert_close(positions[:, :24], pos[0].flatten(2).transpose(1, 2) + 1.0)
     assert_close(positions[:, 24:], pos[1].flatten(2).transpose(1, 2) - 2.0)

@@ -1,0 +1,58 @@
+"""``CoStandardRoIHead``: Co-DETR's one-to-many Faster R-CNN branch, a ``StandardRoIHead``
+whose training also returns its sampled RoIs with their assignment and pooled features, so
+that they become extra decoder queries."""
+from __future__ import annotations
+
+import itertools
+
+import torch
+from mmengine.structures import InstanceData
+from torch import Tensor
+
+from rcnn_det.registry import MODELS
+from rcnn_det.structures import SampleList, bbox2roi
+
+from ..utils import AuxPositives
+from .standard_roi_head import StandardRoIHead
+
+
+@MODELS.register_module()
+class CoStandardRoIHead(StandardRoIHead):
+    """loss(x, proposals, samples) -> (StandardRoIHead's losses, AuxPositives(kind='rcnn')).
+
+    The positives are the first ``n`` sampled RoIs of each image (positives first), n = the
+    fewest any image of the batch sampled (at most ``max_pos_rois``): their boxes, the
+    classification targets (C = negative), the gt boxes they regress to, and their RoI
+    features averaged over the S x S bins (not detached: the aux loss trains the features).
+    """
+
+    def __init__(self, *args, max_pos_rois: int = 2000, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_pos_rois = max_pos_rois
+
+    def loss(self, x: tuple[Tensor, ...], rpn_results_list: list[InstanceData],
+             batch_data_samples: SampleList) -> tuple[dict, AuxPositives]:
+        if self.assigner is None:
+            raise RuntimeError('CoStandardRoIHead.loss needs a train_cfg (assigner, sampler)')
+        sampling_results = self.sample(rpn_results_list, batch_data_samples)
+        rois = bbox2roi([res.priors for res in sampling_results])          # (R, 5)
+        feats = self.bbox_roi_extractor(x[:self.bbox_roi_extractor.num_inputs], rois)
+        cls_score, bbox_pred = self.bbox_head(feats)
+        losses, targets = self.bbox_head.loss_and_target(cls_score, bbox_pred, rois,
+                                                         sampling_results, self.pos_weight)
+        if self.with_mask:
+            losses.update(self.mask_loss(x, sampling_results, batch_data_samples))
+        gt_boxes = targets.bbox_targets
+        if not self.bbox_head.reg_decoded_bbox:
+            gt_boxes = self.bbox_head.bbox_coder.decode(rois[:, 1:], gt_boxes)
+        pos = targets.labels < self.bbox_head.num_classes
+        gt_boxes = torch.where(pos[:, None], gt_boxes, torch.zeros_like(gt_boxes))
+        counts = [len(res.priors) for res in sampling_results]
+        num = min(self.max_pos_rois, *counts)
+        first = [slice(start, start + num) for start in itertools.accumulate([0] + counts[:-1])]
+        pooled = feats.mean((2, 3))                                         # (R, C)
+        return losses, AuxPositives(
+            coords=torch.stack([rois[s, 1:] for s in first]),
+            labels=torch.stack([targets.labels[s] for s in first]),
+            targets=torch.stack([gt_boxes[s] for s in first]).detach(),
+            feats=torch.stack([pooled[s] for s in first]), kind='rcnn')
