@@ -16,7 +16,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from rcnn_det.registry import MODELS
 
-from .torchvision_weights import resolve_pretrained_init_cfg
+from .torchvision_weights import backbone_init_cfg, resolve_pretrained_init_cfg
 
 
 class BasicBlock(BaseModule):
@@ -139,14 +139,7 @@ class ResNet(BaseModule):
         if not 1 <= num_stages <= 4 or max(out_indices) >= num_stages:
             raise ValueError(f'ResNet: need 1 <= num_stages <= 4 and out_indices < num_stages, '
                              f'got num_stages={num_stages}, out_indices={out_indices}')
-        if pretrained is not None:
-            if init_cfg is not None:
-                raise ValueError('ResNet: give init_cfg or pretrained, not both')
-            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
-        if init_cfg is None:
-            init_cfg = [dict(type='Kaiming', layer='Conv2d'),
-                        dict(type='Constant', val=1, layer=['_BatchNorm', 'GroupNorm'])]
-        super().__init__(init_cfg=init_cfg)
+        super().__init__(init_cfg=backbone_init_cfg('ResNet', pretrained, init_cfg))
         self.depth = depth
         self.out_indices = tuple(out_indices)
         self.frozen_stages = frozen_stages

@@ -88,3 +88,16 @@ def resolve_pretrained_init_cfg(init_cfg, where: str = 'init_cfg'):
             cfg['checkpoint'] = resolve_torchvision_checkpoint(checkpoint, where)
         resolved.append(cfg)
     return resolved[0] if isinstance(init_cfg, dict) else resolved
+
+
+def backbone_init_cfg(name: str, pretrained: str | None, init_cfg):
+    """A backbone's ``init_cfg`` from mmdetection's two ways of asking for weights (the old
+    ``pretrained=PATH`` or ``init_cfg``); without either, Kaiming convs and unit norms."""
+    if pretrained is not None:
+        if init_cfg is not None:
+            raise ValueError(f'{name}: give init_cfg or pretrained, not both')
+        return dict(type='Pretrained', checkpoint=pretrained)
+    if init_cfg is None:
+        return [dict(type='Kaiming', layer='Conv2d'),
+                dict(type='Constant', val=1, layer=['_BatchNorm', 'GroupNorm'])]
+    return init_cfg

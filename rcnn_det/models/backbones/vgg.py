@@ -20,6 +20,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from rcnn_det.registry import MODELS
 
+from .torchvision_weights import backbone_init_cfg
+
 # The fully connected layers of torchvision's VGG: not part of a detection backbone.
 CLASSIFIER_PREFIX = 'classifier.'
 
@@ -78,14 +80,7 @@ class VGG(BaseModule):
         if not out_indices or max(out_indices) >= num_stages:
             raise ValueError(f'VGG: out_indices must name stages below num_stages={num_stages}, '
                              f'got {out_indices}')
-        if pretrained is not None:
-            if init_cfg is not None:
-                raise ValueError('VGG: give init_cfg or pretrained, not both')
-            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
-        if init_cfg is None:
-            init_cfg = [dict(type='Kaiming', layer='Conv2d'),
-                        dict(type='Constant', val=1, layer=['_BatchNorm', 'GroupNorm'])]
-        super().__init__(init_cfg=init_cfg)
+        super().__init__(init_cfg=backbone_init_cfg('VGG', pretrained, init_cfg))
         self.depth = depth
         self.out_indices = tuple(out_indices)
         self.frozen_stages = frozen_stages
