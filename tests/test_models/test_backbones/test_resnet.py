@@ -143,3 +143,34 @@ def test_caffe_style_strides_in_first_conv():
     assert block.conv1.stride == (2, 2) and block.conv2.stride == (1, 1)
     pytorch = ResNet(depth=50, base_channels=8, style='pytorch').layer2[0]
     assert pytorch.conv1.stride == (1, 1) and pytorch.conv2.stride == (2, 2)
+
+
+def test_eval_affine_batch_norm_equals_batch_norm():
+    """ResNet's BN: in eval mode with gradients on (norm_eval training) it applies the running
+    statistics as an affine map; values and gradients equal nn.BatchNorm2d's."""
+    import torch.nn as nn
+
+    from rcnn_det.models.backbones.resnet import EvalAffineBatchNorm2d
+    torch.manual_seed(0)
+    ref = nn.BatchNorm2d(6)
+    with torch.no_grad():
+        ref.running_mean.normal_()
+        ref.running_var.uniform_(0.5, 2)
+        ref.weight.normal_()
+        ref.bias.normal_()
+    fast = EvalAffineBatchNorm2d(6)
+    fast.load_state_dict(ref.state_dict())
+    ref.eval()
+    fast.eval()
+    x = torch.randn(2, 6, 5, 7, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    out, out_ref = fast(x), ref(x_ref)
+    torch.testing.assert_close(out, out_ref)
+    out.square().sum().backward()
+    out_ref.square().sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(fast.weight.grad, ref.weight.grad)
+    torch.testing.assert_close(fast.bias.grad, ref.bias.grad)
+    model = ResNet(depth=18, norm_eval=True)
+    assert isinstance(model.bn1, EvalAffineBatchNorm2d)
+    assert isinstance(model.layer1[0].bn1, EvalAffineBatchNorm2d)
