@@ -10,7 +10,7 @@ from mmengine.structures import InstanceData
 from torch import Tensor
 
 from rcnn_det.registry import MODELS
-from rcnn_det.structures import SampleList, bbox2roi
+from rcnn_det.structures import SampleList
 
 from ..utils import AuxPositives
 from .standard_roi_head import StandardRoIHead
@@ -32,16 +32,8 @@ class CoStandardRoIHead(StandardRoIHead):
 
     def loss(self, x: tuple[Tensor, ...], rpn_results_list: list[InstanceData],
              batch_data_samples: SampleList) -> tuple[dict, AuxPositives]:
-        if self.assigner is None:
-            raise RuntimeError('CoStandardRoIHead.loss needs a train_cfg (assigner, sampler)')
-        sampling_results = self.sample(rpn_results_list, batch_data_samples)
-        rois = bbox2roi([res.priors for res in sampling_results])          # (R, 5)
-        feats = self.bbox_roi_extractor(x[:self.bbox_roi_extractor.num_inputs], rois)
-        cls_score, bbox_pred = self.bbox_head(feats)
-        losses, targets = self.bbox_head.loss_and_target(cls_score, bbox_pred, rois,
-                                                         sampling_results, self.pos_weight)
-        if self.with_mask:
-            losses.update(self.mask_loss(x, sampling_results, batch_data_samples))
+        losses, (sampling_results, rois, feats, targets) = self.loss_and_targets(
+            x, rpn_results_list, batch_data_samples)
         gt_boxes = targets.bbox_targets
         if not self.bbox_head.reg_decoded_bbox:
             gt_boxes = self.bbox_head.bbox_coder.decode(rois[:, 1:], gt_boxes)

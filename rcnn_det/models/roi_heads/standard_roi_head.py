@@ -15,6 +15,7 @@ from rcnn_det.structures import SampleList, bbox2roi, unpack_gt_instances
 from ..recipes import DetectionRecipe, RecipeReader, build_or_pass
 from ..task_modules.samplers import SamplingResult
 from .base_roi_head import BaseRoIHead
+from .bbox_heads import RoITargets
 from .mask_heads import MaskTargetRecipe
 
 
@@ -100,16 +101,24 @@ class StandardRoIHead(BaseRoIHead):
 
     def loss(self, x: tuple[Tensor, ...], rpn_results_list: list[InstanceData],
              batch_data_samples: SampleList) -> dict:
+        return self.loss_and_targets(x, rpn_results_list, batch_data_samples)[0]
+
+    def loss_and_targets(self, x: tuple[Tensor, ...], rpn_results_list: list[InstanceData],
+                         batch_data_samples: SampleList
+                         ) -> tuple[dict, tuple[list[SamplingResult], Tensor, Tensor, RoITargets]]:
+        """The losses and what they were computed from: the sampling results, the sampled
+        rois (R, 5), their RoI features (R, C, S, S) and the box head's targets."""
         if self.assigner is None:
-            raise RuntimeError('StandardRoIHead.loss needs a train_cfg (assigner, sampler)')
+            raise RuntimeError(f'{type(self).__name__}.loss needs a train_cfg (assigner, sampler)')
         sampling_results = self.sample(rpn_results_list, batch_data_samples)
         rois = bbox2roi([res.priors for res in sampling_results])          # (R, 5)
-        cls_score, bbox_pred = self.bbox_forward(x, rois)
-        losses, _ = self.bbox_head.loss_and_target(cls_score, bbox_pred, rois, sampling_results,
-                                                   self.pos_weight)
+        feats = self.bbox_roi_extractor(x[:self.bbox_roi_extractor.num_inputs], rois)
+        cls_score, bbox_pred = self.bbox_head(feats)
+        losses, targets = self.bbox_head.loss_and_target(cls_score, bbox_pred, rois,
+                                                         sampling_results, self.pos_weight)
         if self.with_mask:
             losses.update(self.mask_loss(x, sampling_results, batch_data_samples))
-        return losses
+        return losses, (sampling_results, rois, feats, targets)
 
     def mask_loss(self, x: tuple[Tensor, ...], sampling_results: list[SamplingResult],
                   batch_data_samples: SampleList) -> dict:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 
-import pytest
 import torch
 from mmengine.config import Config
 from mmengine.logging import MMLogger
@@ -108,12 +107,3 @@ def test_co_roi_head_returns_its_sampled_rois_positives_first():
     rois = bbox2roi([r.priors[:num] for r in results])
     pooled = head.bbox_roi_extractor(x5()[:4], rois).mean((2, 3)).view(2, num, E)
     torch.testing.assert_close(positives.feats, pooled)
-
-
-@pytest.mark.parametrize('kind', ['roi', 'atss'])
-def test_co_heads_are_registered_subclasses(kind):
-    from rcnn_det.models.dense_heads import ATSSHead, CoATSSHead
-    from rcnn_det.models.roi_heads import CoStandardRoIHead, StandardRoIHead
-    assert issubclass(CoATSSHead, ATSSHead) and issubclass(CoStandardRoIHead, StandardRoIHead)
-    name = 'CoStandardRoIHead' if kind == 'roi' else 'CoATSSHead'
-    assert MODELS.get(name) is (CoStandardRoIHead if kind == 'roi' else CoATSSHead)
