@@ -72,15 +72,6 @@ def assert_same_predictions(a, b) -> None:
     assert a.ori_shape == b.ori_shape and a.scale_factor == b.scale_factor
 
 
-def assert_close_predictions(a, b) -> None:
-    pa, pb = a.pred_instances, b.pred_instances
-    assert set(pa.keys()) == set(pb.keys()) == {'bboxes', 'scores', 'labels'}
-    assert torch.equal(pa.labels, pb.labels)
-    torch.testing.assert_close(pa.scores, pb.scores, rtol=0, atol=1e-5)
-    torch.testing.assert_close(pa.bboxes, pb.bboxes, rtol=0, atol=1e-3)
-    assert a.ori_shape == b.ori_shape and a.scale_factor == b.scale_factor
-
-
 def assert_in_image(sample, shape) -> None:
     """Boxes valid and inside the (H, W) original image; masks of the image's size."""
     h, w = shape
@@ -211,14 +202,7 @@ def test_one_stage_and_detr_detectors(tmp_path, config, val_paths):
     img = mmcv.imread(val_paths[3])
     from_path, from_array = inference_detector(model, [val_paths[3], img], batch_size=1)
     assert_in_image(from_path, img.shape[:2])
-    # The two routes give the model the same input, bit for bit ...
-    by_path = inference_pipeline(model.cfg)(dict(img_path=val_paths[3], img_id=0))
-    by_array = inference_pipeline(model.cfg, from_array=True)(dict(img=img, img_id=0))
-    assert torch.equal(by_path['inputs'], by_array['inputs'])
-    # ... but two forward passes of these random-weight models are not always bit-identical on
-    # CPU (one full-suite run in several differed by 1 ulp in a score), so compare to within
-    # float32 rounding; labels and order must agree.
-    assert_close_predictions(from_path, from_array)
+    assert_same_predictions(from_path, from_array)
     assert model.dataset_meta['classes'] == CKPT_CLASSES
 
 

@@ -177,7 +177,9 @@ class DeformableDetrTransformer(BaseModule):
             raise ValueError('DeformableDetrTransformer: mixed_selection needs as_two_stage')
         self.mixed_selection = mixed_selection
         c = self.embed_dims
-        self.level_embeds = nn.Parameter(torch.empty(num_feature_levels, c))
+        # N(0, 1) as init_weights sets it: a model used without init_weights (random-weight
+        # inference, a fresh checkpoint) must not hold uninitialised memory
+        self.level_embeds = nn.Parameter(torch.randn(num_feature_levels, c))
         if as_two_stage:
             self.enc_output = nn.Linear(c, c)
             self.enc_output_norm = nn.LayerNorm(c)
