@@ -91,10 +91,16 @@ def test_predictions_equal_torchvision(converted, size):
     assert torch.equal(ours.labels[mine] + 1, theirs['labels'][its])    # background first there
     torch.testing.assert_close(ours.scores[mine], theirs['scores'][its], atol=1e-4, rtol=0)
     torch.testing.assert_close(ours.bboxes[mine], theirs['boxes'][its], atol=1e-3, rtol=0)
-    tv_masks = theirs['masks'][its, 0] >= 0.5
+    tv_probs = theirs['masks'][its, 0]
+    tv_masks = tv_probs >= 0.5
     assert ours.masks.shape == tv_masks.shape == (100, *size)
     assert tv_masks.sum() > 1000
-    assert torch.equal(ours.masks[mine], tv_masks)
+    # rcnn_det folds the frozen BNs into their convs, so features differ from torchvision's in
+    # the last float bits: a pixel may flip only where torchvision's probability is 0.5 to
+    # within rounding (measured: 1 pixel of 85k, 1.8e-7 from 0.5).
+    differ = ours.masks[mine] != tv_masks
+    assert differ.sum() <= 10
+    assert ((tv_probs[differ] - 0.5).abs() < 1e-5).all()
 
 
 def test_old_torchvision_key_layout_converts_the_same():

@@ -3,12 +3,17 @@ checkpoint through init_cfg, frozen stages and norm_eval. Forward passes stay on
 thin ResNet-50 (base_channels 8) at 64 x 64."""
 from __future__ import annotations
 
+import unittest.mock
+
 import pytest
 import torch
+import torch.nn as nn
 import torchvision
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from rcnn_det.models.backbones import ResNet
+from rcnn_det.models.backbones import resnet as resnet_module
+from rcnn_det.models.backbones.resnet import ConvNormSequential, conv_norm
 from rcnn_det.registry import MODELS
 
 
@@ -88,7 +93,8 @@ def test_pretrained_torchvision_checkpoint_gives_identical_outputs(tmp_path):
             y = layer(y)
             expected.append(y)
     for o, e in zip(outs, expected):
-        torch.testing.assert_close(o, e, rtol=1e-5, atol=1e-5)
+        # equal up to float rounding: rcnn_det folds each eval-mode BN into its conv
+        torch.testing.assert_close(o, e, rtol=1e-4, atol=1e-4)
     # zero_init_residual must not overwrite loaded weights
     torch.testing.assert_close(model.layer1[0].bn2.weight, tv.layer1[0].bn2.weight)
 
@@ -145,32 +151,67 @@ def test_caffe_style_strides_in_first_conv():
     assert pytorch.conv1.stride == (1, 1) and pytorch.conv2.stride == (2, 2)
 
 
-def test_eval_affine_batch_norm_equals_batch_norm():
-    """ResNet's BN: in eval mode with gradients on (norm_eval training) it applies the running
-    statistics as an affine map; values and gradients equal nn.BatchNorm2d's."""
-    import torch.nn as nn
-
-    from rcnn_det.models.backbones.resnet import EvalAffineBatchNorm2d
-    torch.manual_seed(0)
-    ref = nn.BatchNorm2d(6)
+def random_bn(channels: int) -> nn.BatchNorm2d:
+    norm = nn.BatchNorm2d(channels)
     with torch.no_grad():
-        ref.running_mean.normal_()
-        ref.running_var.uniform_(0.5, 2)
-        ref.weight.normal_()
-        ref.bias.normal_()
-    fast = EvalAffineBatchNorm2d(6)
-    fast.load_state_dict(ref.state_dict())
-    ref.eval()
-    fast.eval()
-    x = torch.randn(2, 6, 5, 7, requires_grad=True)
-    x_ref = x.detach().clone().requires_grad_()
-    out, out_ref = fast(x), ref(x_ref)
+        norm.running_mean.normal_()
+        norm.running_var.uniform_(0.5, 2)
+        norm.weight.normal_()
+        norm.bias.normal_()
+    return norm
+
+
+@pytest.mark.parametrize('stride,padding,dilation', [(1, 0, 1), (2, 1, 1), (1, 2, 2)])
+def test_conv_norm_folds_eval_batch_norm(stride, padding, dilation):
+    """An eval-mode BN is folded into its conv: values and gradients (input, conv weight, BN
+    weight and bias) equal norm(conv(x)); the running statistics stay untouched."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, stride, padding, dilation, bias=False)
+    norm = random_bn(6).eval()
+    stats = norm.running_mean.clone(), norm.running_var.clone()
+    x = torch.randn(2, 4, 9, 11, requires_grad=True)
+    out = conv_norm(conv, norm, x)
+    grads = torch.autograd.grad(out.square().sum(), [x, conv.weight, norm.weight, norm.bias])
+    out_ref = norm(conv(x))
+    refs = torch.autograd.grad(out_ref.square().sum(), [x, conv.weight, norm.weight, norm.bias])
     torch.testing.assert_close(out, out_ref)
-    out.square().sum().backward()
-    out_ref.square().sum().backward()
-    torch.testing.assert_close(x.grad, x_ref.grad)
-    torch.testing.assert_close(fast.weight.grad, ref.weight.grad)
-    torch.testing.assert_close(fast.bias.grad, ref.bias.grad)
-    model = ResNet(depth=18, norm_eval=True)
-    assert isinstance(model.bn1, EvalAffineBatchNorm2d)
-    assert isinstance(model.layer1[0].bn1, EvalAffineBatchNorm2d)
+    for grad, ref in zip(grads, refs):
+        torch.testing.assert_close(grad, ref)
+    assert torch.equal(norm.running_mean, stats[0]) and torch.equal(norm.running_var, stats[1])
+
+
+def test_conv_norm_leaves_training_batch_norm_and_other_norms_alone():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 1, bias=False)
+    x = torch.randn(2, 3, 5, 5)
+    norm = random_bn(4).train()
+    out = conv_norm(conv, norm, x)   # batch statistics, running statistics updated
+    torch.testing.assert_close(out.mean((0, 2, 3)), norm.bias.detach(), atol=1e-5, rtol=0)
+    assert norm.num_batches_tracked.item() == 1
+    group_norm = nn.GroupNorm(2, 4)
+    torch.testing.assert_close(conv_norm(conv, group_norm, x), group_norm(conv(x)))
+
+
+@pytest.mark.parametrize('depth,avg_down', [(18, False), (50, False), (50, True)])
+def test_folded_resnet_equals_unfolded(depth, avg_down):
+    """The whole backbone with folded BNs (eval, and norm_eval training) against the same
+    weights run as separate modules (every conv_norm replaced by norm(conv(x)))."""
+    torch.manual_seed(0)
+    model = ResNet(depth=depth, base_channels=8, avg_down=avg_down, frozen_stages=1)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.load_state_dict(random_bn(module.num_features).state_dict())
+    x = torch.randn(1, 3, 64, 96)
+    model.train()   # norm_eval: BN in eval mode
+    outs = model(x)
+    loss = sum(o.square().mean() for o in outs)
+    grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
+    with unittest.mock.patch.object(resnet_module, 'conv_norm', lambda c, n, t: n(c(t))):
+        outs_ref = model(x)
+        loss_ref = sum(o.square().mean() for o in outs_ref)
+        refs = torch.autograd.grad(loss_ref, [p for p in model.parameters() if p.requires_grad])
+    for out, ref in zip(outs, outs_ref):
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    for grad, ref in zip(grads, refs):
+        torch.testing.assert_close(grad, ref, rtol=1e-3, atol=1e-5)
+    assert isinstance(model.layer2[0].downsample, ConvNormSequential)

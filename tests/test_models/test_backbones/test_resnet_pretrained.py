@@ -99,7 +99,8 @@ def assert_same_as_torchvision(model: torch.nn.Module, tv: torch.nn.Module,
         expected = torchvision_stage_outputs(tv, x)
     assert [o.shape[1] for o in outs] == [256, 512, 1024, 2048]
     for out, exp in zip(outs, expected):
-        torch.testing.assert_close(out, exp, rtol=1e-5, atol=1e-5)
+        # equal up to float rounding: rcnn_det folds each eval-mode BN into its conv
+        torch.testing.assert_close(out, exp, rtol=1e-4, atol=1e-4)
 
 
 def build_resnet50(checkpoint: str) -> torch.nn.Module:
