@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -52,11 +53,21 @@ default_hooks = dict(logger=dict(interval=1),
     return path
 
 
-def run_tool(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run a command of the README's kind from ``cwd``; fail with its output when it fails."""
+def free_port() -> int:
+    """A TCP port nobody listens on now (for torchrun's rendezvous)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def run_tool(args: list[str], cwd: Path, timeout: int = 600,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run a command of the README's kind from ``cwd`` (``env``: extra environment variables);
+    fail with its output when it fails."""
     # The shell scripts call `python`: make it this interpreter (a virtualenv may be inactive).
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get('PATH', '')])
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS='1', PATH=path)
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS='1', PATH=path,
+               **(env or {}))
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
     if proc.returncode != 0:

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from conftest import (ATSS_DEMO_CONFIG, CO_DETR_DEMO_CONFIG, DETR_DEMO_CONFIG, MASK_DEMO_CONFIG,
-                      PYTHON, REPO_ROOT, VGG_DEMO_CONFIG, run_tool, write_tiny_demo_config)
+                      PYTHON, REPO_ROOT, VGG_DEMO_CONFIG, free_port, run_tool,
+                      write_tiny_demo_config)
 from rcnn_det.engine import register_checkpoint_safe_globals
 
 pytestmark = pytest.mark.slow
@@ -147,8 +148,10 @@ def test_two_process_distributed_training(tmp_path, tiny_shapes_root):
              f"dict(type='DumpDetResults', out_file_path={str(out)!r})]\n")
     cfg = write_tiny_demo_config(tmp_path / 'tiny.py', tiny_shapes_root, extra=extra)
     work = tmp_path / 'work'
+    # A port of its own for each launch: the scripts' default 29500 may be taken, or still
+    # held by the previous launch's rendezvous.
     proc = run_tool(['bash', str(REPO_ROOT / 'tools/dist_train.sh'), str(cfg), '2',
-                     '--work-dir', str(work)], cwd=tmp_path)
+                     '--work-dir', str(work)], cwd=tmp_path, env=dict(PORT=str(free_port())))
     log = proc.stdout + proc.stderr
     assert 'Distributed launcher: pytorch' in log and 'GPU number: 2' in log
     assert (work / 'iter_2.pth').is_file()
@@ -161,7 +164,7 @@ def test_two_process_distributed_training(tmp_path, tiny_shapes_root):
     test_out = tmp_path / 'test_results.pkl'
     proc = run_tool(['bash', str(REPO_ROOT / 'tools/dist_test.sh'), str(cfg),
                      str(work / 'iter_2.pth'), '2', '--work-dir', str(work), '--out',
-                     str(test_out)], cwd=tmp_path)
+                     str(test_out)], cwd=tmp_path, env=dict(PORT=str(free_port())))
     assert re.search(r'coco/bbox_mAP: -?[0-9.]+', proc.stdout + proc.stderr)
     results = pickle.load(open(test_out, 'rb'))
     assert sorted(r['img_id'] for r in results) == val_image_ids(tiny_shapes_root)
