@@ -9,7 +9,7 @@ from mmengine.runner import Runner
 
 # Importing rcnn_det.engine also makes mmengine checkpoints load with weights_only=True
 # (see rcnn_det/engine/checkpoint.py), which --resume and load_from need.
-from rcnn_det.engine import init_cpu_distributed, load_tool_config
+from rcnn_det.engine import destroy_distributed, init_cpu_distributed, load_tool_config
 
 
 def parse_args() -> argparse.Namespace:
@@ -59,10 +59,14 @@ def main() -> None:
     if args.out is not None:
         if not args.out.endswith(('.pkl', '.pickle')):
             raise ValueError(f'--out must be a .pkl file, got {args.out}')
-        cfg.test_evaluator = [cfg.test_evaluator, dict(type='DumpDetResults', out_file_path=args.out)]
+        cfg.test_evaluator = [cfg.test_evaluator,
+                              dict(type='DumpDetResults', out_file_path=args.out)]
     init_cpu_distributed(cfg)
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    runner.test()
+    try:
+        runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+        runner.test()
+    finally:
+        destroy_distributed()
 
 
 if __name__ == '__main__':

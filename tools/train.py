@@ -9,7 +9,7 @@ from mmengine.runner import Runner
 
 # Importing rcnn_det.engine also makes mmengine checkpoints load with weights_only=True
 # (see rcnn_det/engine/checkpoint.py), which --resume and load_from need.
-from rcnn_det.engine import init_cpu_distributed, load_tool_config
+from rcnn_det.engine import destroy_distributed, init_cpu_distributed, load_tool_config
 
 
 def parse_args() -> argparse.Namespace:
@@ -60,8 +60,11 @@ def main() -> None:
     args = parse_args()
     cfg = build_cfg(args)
     init_cpu_distributed(cfg)
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    runner.train()
+    try:
+        runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+        runner.train()
+    finally:
+        destroy_distributed()
 
 
 if __name__ == '__main__':

@@ -30,3 +30,14 @@ def init_cpu_distributed(cfg: Config) -> bool:
     if cfg.get('model_wrapper_cfg') is None:
         cfg.model_wrapper_cfg = dict(CPU_MODEL_WRAPPER)
     return True
+
+
+def destroy_distributed() -> None:
+    """End the process group, if one is running (GPU or CPU runs alike).
+
+    A process that exits with a live group can abort on the way out ("terminate called without
+    an active exception": the backend's threads are still running when the interpreter tears
+    down), which a launcher reports as a failed run after the work is done and saved.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

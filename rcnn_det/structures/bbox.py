@@ -13,7 +13,8 @@ EPS = 1e-6
 
 def box_area(boxes: Tensor) -> Tensor:
     """(..., 4) -> (...,): area, zero for degenerate boxes."""
-    return (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
+    widths = (boxes[..., 2] - boxes[..., 0]).clamp(min=0)
+    return widths * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
 
 
 def bbox_overlaps(boxes1: Tensor, boxes2: Tensor, mode: str = 'iou',

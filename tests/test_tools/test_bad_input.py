@@ -41,4 +41,3 @@ def test_misspelled_head_recipe_key(tmp_path, tiny_shapes_root):
                                  extra="model = dict(test_cfg=dict(rcnn=dict(score_th=0.1)))")
     err = train_fails(cfg, tmp_path)
     assert "roi_head.test_cfg: unknown key 'score_th'; did you mean 'score_thr'?" in err
-

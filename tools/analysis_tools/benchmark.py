@@ -47,7 +47,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def random_batch(batch_size: int, shape: tuple[int, int], num_gts: int, num_classes: int,
-                 seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+                 seed: int = 0,
+                 ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
     """Images (uint8, 3 x H x W), gt boxes (num_gts, 4) xyxy and labels, the same every call."""
     g = torch.Generator().manual_seed(seed)
     h, w = shape

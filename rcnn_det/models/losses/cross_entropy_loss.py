@@ -32,7 +32,8 @@ def binary_cross_entropy(cls_score: Tensor, label: Tensor, weight: Tensor | None
                          class_weight: Tensor | None = None, reduction: str = 'mean',
                          avg_factor: float | None = None, ignore_index: int = -100,
                          avg_non_ignore: bool = False) -> Tensor:
-    """Sigmoid cross entropy; integer labels are expanded to one-hot over ``cls_score``'s columns."""
+    """Sigmoid cross entropy; integer labels are expanded to one-hot over ``cls_score``'s
+    columns."""
     if cls_score.dim() != label.dim():
         # (N,) class indices -> (N, C) one-hot; index C (background) and ignored rows stay 0.
         valid = (label >= 0) & (label != ignore_index)

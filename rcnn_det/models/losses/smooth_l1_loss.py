@@ -20,7 +20,8 @@ def smooth_l1_loss(pred: Tensor, target: Tensor, beta: float = 1.0) -> Tensor:
 
 @MODELS.register_module()
 class SmoothL1Loss(BaseModule):
-    def __init__(self, beta: float = 1.0, reduction: str = 'mean', loss_weight: float = 1.0) -> None:
+    def __init__(self, beta: float = 1.0, reduction: str = 'mean',
+                 loss_weight: float = 1.0) -> None:
         super().__init__()
         self.beta = beta
         self.reduction = check_reduction(reduction)

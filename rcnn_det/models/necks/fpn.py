@@ -41,8 +41,9 @@ class FPN(BaseModule):
                                     and num_outs == end_level - start_level + 1):
             raise ValueError('FPN: with end_level set, num_outs must be end_level - '
                              'start_level + 1 and end_level < len(in_channels)')
-        if num_outs < self.backbone_end_level - start_level:
-            raise ValueError(f'FPN: num_outs={num_outs} is fewer than the {self.backbone_end_level - start_level} used input levels')
+        used = self.backbone_end_level - start_level
+        if num_outs < used:
+            raise ValueError(f'FPN: num_outs={num_outs} is fewer than the {used} used input levels')
         if add_extra_convs is True:
             add_extra_convs = 'on_input'
         if add_extra_convs not in (False, 'on_input', 'on_lateral', 'on_output'):

@@ -1,7 +1,6 @@
 """anchor_targets(): labels, weights, encoded targets and avg_factor on hand-checkable anchors."""
 from __future__ import annotations
 
-import pytest
 import torch
 from mmengine.structures import InstanceData
 

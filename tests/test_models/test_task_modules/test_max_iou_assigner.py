@@ -15,7 +15,8 @@ from rcnn_det.registry import TASK_UTILS
 
 
 def f32(x: float) -> float:
-    """torch compares a float32 tensor with a Python float cast to float32; so does the reference."""
+    """torch compares a float32 tensor with a Python float cast to float32; so does the
+    reference."""
     return float(np.float32(x))
 
 
