@@ -22,14 +22,9 @@
 #     bbox mAP after 600 iterations); lr 2e-3 was worse (0.32).
 _base_ = [
     '../_base_/models/faster_rcnn_r50_fpn.py',
-    '../_base_/default_runtime.py',
+    '../_base_/datasets/shapes_detection.py',
+    '../_base_/schedules/shapes_demo.py',
 ]
-
-data_root = 'data/shapes/'
-classes = ('circle', 'square', 'triangle', 'star')
-shapes_cfg = dict(num_train=1000, num_val=120, img_size=(160, 256), obj_size=(28, 96))
-max_iters = 800
-image_scale = (224, 224)
 
 model = dict(
     backbone=dict(
@@ -46,82 +41,9 @@ model = dict(
     roi_head=dict(
         bbox_roi_extractor=dict(
             roi_layer=dict(sampling_ratio=1), out_channels=64, finest_scale=28),
-        bbox_head=dict(in_channels=64, fc_out_channels=256, num_classes=len(classes))),
+        # num_classes: circle, square, triangle, star (_base_/datasets/shapes_detection.py)
+        bbox_head=dict(in_channels=64, fc_out_channels=256, num_classes=4)),
     train_cfg=dict(
         rpn_proposal=dict(nms_pre=500, max_per_img=200),
         rcnn=dict(sampler=dict(num=64, pos_fraction=0.5))),
     test_cfg=dict(rpn=dict(nms_pre=500, max_per_img=100)))
-
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='Resize', scale=image_scale, keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs')
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=image_scale, keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(
-        type='PackDetInputs',
-        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))
-]
-train_dataloader = dict(
-    batch_size=4,
-    num_workers=1,
-    persistent_workers=True,
-    sampler=dict(type='InfiniteSampler', shuffle=True),
-    batch_sampler=dict(type='AspectRatioBatchSampler'),
-    dataset=dict(
-        type='ShapesDataset',
-        data_root=data_root,
-        shapes_cfg=shapes_cfg,
-        ann_file='annotations/instances_train.json',
-        data_prefix=dict(img='train/'),
-        metainfo=dict(classes=classes),
-        filter_cfg=dict(filter_empty_gt=True, min_size=32),
-        pipeline=train_pipeline))
-val_dataloader = dict(
-    batch_size=4,
-    num_workers=1,
-    persistent_workers=True,
-    drop_last=False,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(
-        type='ShapesDataset',
-        data_root=data_root,
-        shapes_cfg=shapes_cfg,
-        ann_file='annotations/instances_val.json',
-        data_prefix=dict(img='val/'),
-        metainfo=dict(classes=classes),
-        test_mode=True,
-        pipeline=test_pipeline))
-test_dataloader = val_dataloader
-val_evaluator = dict(
-    type='CocoMetric', ann_file=data_root + 'annotations/instances_val.json', metric='bbox')
-test_evaluator = val_evaluator
-
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
-val_cfg = dict(type='ValLoop')
-test_cfg = dict(type='TestLoop')
-
-optim_wrapper = dict(
-    type='OptimWrapper',
-    # fused: one kernel for all parameters; the per-tensor loop costs ~0.1 s per step on a CPU
-    optimizer=dict(type='AdamW', lr=1e-3, weight_decay=1e-4, fused=True),
-    clip_grad=dict(max_norm=10, norm_type=2))
-# lr 1e-3 is for 4 images per iteration: `--auto-scale-lr` rescales it for other totals
-auto_scale_lr = dict(enable=False, base_batch_size=4)
-param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
-    dict(type='CosineAnnealingLR', by_epoch=False, begin=50, end=max_iters, eta_min=2e-5)
-]
-
-default_hooks = dict(
-    logger=dict(type='LoggerHook', interval=20),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=200, max_keep_ckpts=1),
-    visualization=dict(
-        type='DetVisualizationHook', draw=True, interval=1, grid_images=6, score_thr=0.5))
-log_processor = dict(type='LogProcessor', window_size=20, by_epoch=False)
-randomness = dict(seed=0)

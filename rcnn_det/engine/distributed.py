@@ -40,4 +40,5 @@ def destroy_distributed() -> None:
     down), which a launcher reports as a failed run after the work is done and saved.
     """
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()   # every process done with its collectives: none closes under another
         dist.destroy_process_group()

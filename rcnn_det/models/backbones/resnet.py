@@ -52,6 +52,14 @@ def conv_norm(conv: nn.Module, norm: nn.Module, x: Tensor) -> Tensor:
                     conv.dilation, conv.groups)
 
 
+def freeze_batch_norm_statistics(module: nn.Module) -> None:
+    """Every BatchNorm in ``module`` to eval mode (``norm_eval``): with 1-2 images per GPU,
+    batch statistics are too noisy, so the running ones are used and kept."""
+    for child in module.modules():
+        if isinstance(child, _BatchNorm):
+            child.eval()
+
+
 class ConvNormSequential(nn.Sequential):
     """A block's shortcut: optional pooling layers, then a conv and its norm (keys
     ``downsample.0``, ``downsample.1``, as mmdetection and torchvision), run with
@@ -246,8 +254,5 @@ class ResNet(BaseModule):
         super().train(mode)
         self._freeze_stages()
         if mode and self.norm_eval:
-            # Frozen statistics: with 1-2 images per GPU, batch statistics are too noisy.
-            for module in self.modules():
-                if isinstance(module, _BatchNorm):
-                    module.eval()
+            freeze_batch_norm_statistics(self)
         return self

@@ -16,10 +16,10 @@ from mmcv.cnn import build_norm_layer
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch import Tensor
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from rcnn_det.registry import MODELS
 
+from .resnet import freeze_batch_norm_statistics
 from .torchvision_weights import backbone_init_cfg
 
 # The fully connected layers of torchvision's VGG: not part of a detection backbone.
@@ -120,10 +120,7 @@ class VGG(BaseModule):
         super().train(mode)
         self._freeze_stages()
         if mode and self.norm_eval:
-            # Frozen statistics: with 1-2 images per GPU, batch statistics are too noisy.
-            for module in self.modules():
-                if isinstance(module, _BatchNorm):
-                    module.eval()
+            freeze_batch_norm_statistics(self)
         return self
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
