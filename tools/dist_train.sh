@@ -7,8 +7,11 @@ NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
 
+# `exec`: torchrun takes this script's PID, so killing what was started kills the launcher, and
+# every rank, told this PID, ends with it (rcnn_det.engine.follow_launcher).
+export RCNN_DET_LAUNCHER_PID=$$
 PYTHONPATH="$(dirname $0)/..":$PYTHONPATH \
-python -m torch.distributed.run \
+exec python -m torch.distributed.run \
     --nnodes=$NNODES \
     --node_rank=$NODE_RANK \
     --master_addr=$MASTER_ADDR \

@@ -29,6 +29,7 @@ from mmengine.registry import DefaultScope
 from mmengine.utils import ProgressBar, mkdir_or_exist
 
 from rcnn_det.apis import inference_detector, init_detector
+from rcnn_det.engine import CheckpointError
 from rcnn_det.evaluation.metrics.coco_metric import encode_masks
 from rcnn_det.registry import VISUALIZERS
 
@@ -133,8 +134,11 @@ def main() -> None:
         sys.exit(f'infer.py: error: {e}')
     if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):
         sys.exit(f'infer.py: error: checkpoint not found: {args.checkpoint}')
-    model = init_detector(args.config, args.checkpoint, device=args.device,
-                          cfg_options=args.cfg_options)
+    try:  # a checkpoint that is damaged, refused or of another model: named, with what differs
+        model = init_detector(args.config, args.checkpoint, device=args.device,
+                              cfg_options=args.cfg_options)
+    except CheckpointError as e:
+        sys.exit(f'infer.py: error: {e}')
     visualizer = build_visualizer(model)
     classes = model.dataset_meta.get('classes')
     batch_size = args.batch_size or (model.cfg.get('test_dataloader') or {}).get('batch_size') or 1

@@ -7,9 +7,12 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-# Importing rcnn_det.engine also makes mmengine checkpoints load with weights_only=True
-# (see rcnn_det/engine/checkpoint.py), which --resume and load_from need.
-from rcnn_det.engine import destroy_distributed, init_cpu_distributed, load_tool_config
+# main() calls register_checkpoint_safe_globals() before any checkpoint is loaded: mmengine's
+# then load with weights_only=True (rcnn_det/engine/checkpoint.py), as the Runner's load_from
+# needs.
+from rcnn_det.engine import (destroy_distributed, follow_launcher, init_cpu_distributed,
+                             load_checkpoint_file, load_state_dict_strict, load_tool_config,
+                             register_checkpoint_safe_globals)
 
 
 def parse_args() -> argparse.Namespace:
@@ -48,6 +51,8 @@ def trigger_visualization_hook(cfg: Config, args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    follow_launcher()   # a rank of tools/dist_*.sh ends when its launcher dies
+    register_checkpoint_safe_globals()
     args = parse_args()
     if not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint not found: {args.checkpoint}')
@@ -64,6 +69,12 @@ def main() -> None:
     init_cpu_distributed(cfg)
     try:
         runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+        # load_from alone only warns about weights that do not fit the model, and the mAP of a
+        # half-loaded model follows: refuse such a checkpoint here, naming the file and the keys
+        # and shapes that differ. The Runner then loads it again where it always does (after the
+        # before_run hooks, calling the after_load_checkpoint ones such as EMAHook's).
+        load_state_dict_strict(runner.model, load_checkpoint_file(args.checkpoint),
+                               args.checkpoint)
         runner.test()
     finally:
         destroy_distributed()

@@ -5,11 +5,12 @@ import os.path as osp
 
 from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
 
-# Importing rcnn_det.engine also makes mmengine checkpoints load with weights_only=True
-# (see rcnn_det/engine/checkpoint.py), which --resume and load_from need.
-from rcnn_det.engine import destroy_distributed, init_cpu_distributed, load_tool_config
+# main() calls register_checkpoint_safe_globals() before any checkpoint is saved or loaded:
+# they then load with weights_only=True (rcnn_det/engine/checkpoint.py), as --resume and
+# load_from need.
+from rcnn_det.engine import (DetRunner, destroy_distributed, follow_launcher, init_cpu_distributed,
+                             load_tool_config, register_checkpoint_safe_globals)
 
 
 def parse_args() -> argparse.Namespace:
@@ -57,11 +58,13 @@ def build_cfg(args: argparse.Namespace) -> Config:
 
 
 def main() -> None:
+    follow_launcher()   # a rank of tools/dist_*.sh ends when its launcher dies
+    register_checkpoint_safe_globals()
     args = parse_args()
     cfg = build_cfg(args)
     init_cpu_distributed(cfg)
     try:
-        runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+        runner = DetRunner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
         runner.train()
     finally:
         destroy_distributed()

@@ -23,13 +23,12 @@ import numpy as np
 import torch
 from mmengine.config import Config
 from mmengine.dataset import Compose
-from mmengine.fileio import get_local_path
 from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import DefaultScope
 from torch import nn
 
 from rcnn_det.datasets import distinct_palette
-from rcnn_det.engine import register_checkpoint_safe_globals
+from rcnn_det.engine import load_checkpoint_file, load_state_dict_strict
 from rcnn_det.registry import DATASETS, MODELS
 from rcnn_det.structures import DetDataSample
 
@@ -140,37 +139,16 @@ def complete_dataset_meta(meta: dict) -> dict:
 
 def read_checkpoint(checkpoint: str | os.PathLike) -> dict:
     """Read an mmengine checkpoint (``state_dict`` + ``meta``) or a bare state dict, local or at
-    a URL mmengine's file backends read.
+    a URL mmengine's file backends read -> dict(state_dict=..., meta=... or {}).
 
-    With ``torch.load(weights_only=True)`` and rcnn_det's allow-list of the types mmengine
-    stores (rcnn_det/engine/checkpoint.py): a checkpoint that holds anything else is refused,
-    never unpickled. Returns dict(state_dict=..., meta=... or {}).
+    ``load_checkpoint_file``: ``torch.load(weights_only=True)`` with rcnn_det's allow-list of the
+    types mmengine stores, so a checkpoint that holds anything else is refused, never unpickled;
+    every error names the file.
     """
-    checkpoint = str(checkpoint)
-    if '://' not in checkpoint and not osp.isfile(checkpoint):
-        raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
-    register_checkpoint_safe_globals()
-    with get_local_path(checkpoint) as local_path:
-        loaded = torch.load(local_path, map_location='cpu', weights_only=True)
-    if not isinstance(loaded, dict):
-        raise TypeError(f'{checkpoint}: expected a checkpoint dict, got {type(loaded).__name__}')
+    loaded = load_checkpoint_file(checkpoint)
     meta = loaded.get('meta') if 'state_dict' in loaded else None
     return dict(state_dict=loaded.get('state_dict', loaded),
                 meta=meta if isinstance(meta, dict) else {})
-
-
-def load_weights(model: nn.Module, state_dict: dict, checkpoint: str) -> None:
-    """Load ``state_dict`` into ``model``; its keys must fit exactly, so that a checkpoint of
-    another model fails here (naming ``checkpoint``) rather than predicting noise. DDP's
-    ``module.`` prefix is removed; mmdetection 3.x Deformable-DETR names are renamed by the
-    model itself."""
-    state_dict = {k[len('module.'):] if k.startswith('module.') else k: v
-                  for k, v in state_dict.items()}
-    try:
-        model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as e:
-        raise RuntimeError(f'checkpoint {checkpoint} does not fit the model of the config: '
-                           f'{e}') from e
 
 
 def init_detector(config: str | os.PathLike | Config, checkpoint: str | os.PathLike | None = None,
@@ -180,10 +158,16 @@ def init_detector(config: str | os.PathLike | Config, checkpoint: str | os.PathL
     Args:
         config: a config file path or an mmengine ``Config``.
         checkpoint: an mmengine checkpoint (see ``read_checkpoint``); None keeps random
-            weights.
+            weights. It must fit the model exactly (``load_state_dict_strict``: DDP's
+            ``module.`` prefix is dropped, mmdetection 3.x Deformable DETR names are renamed by
+            the model).
         device: where the model runs ('cpu', 'cuda', 'cuda:1', ...).
         cfg_options: config overrides, ``--cfg-options`` style (``{'model.test_cfg.rcnn.
             score_thr': 0.5}``).
+    Raises FileNotFoundError for a missing checkpoint and ``rcnn_det.engine.CheckpointError``
+    (``CheckpointMismatchError`` for one that does not fit, listing the keys and shapes that
+    differ; ``CheckpointRefusedError``, also a ``pickle.UnpicklingError``, for one holding types
+    outside the allow-list), each naming the file.
     Returns the model in eval mode with ``model.cfg`` (the config) and ``model.dataset_meta``
     (``classes`` and ``palette``: from the checkpoint's ``meta['dataset_meta']`` if it has
     classes, else from the config's test dataset; a warning when neither names them).
@@ -197,8 +181,8 @@ def init_detector(config: str | os.PathLike | Config, checkpoint: str | os.PathL
     # computation in eval mode and needs no process group.
     model = revert_sync_batchnorm(model)
     meta = {}
-    if loaded is not None:
-        load_weights(model, loaded['state_dict'], str(checkpoint))
+    if loaded is not None:  # every key and shape must fit: another model fails, naming the file
+        load_state_dict_strict(model, loaded['state_dict'], str(checkpoint))
         meta = checkpoint_dataset_meta(loaded['meta'])
     if meta.get('classes') is None:
         meta = {**meta, **config_dataset_meta(cfg)}

@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os.path as osp
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,7 @@ from mmengine.logging import print_log
 from mmengine.registry import DefaultScope
 from pycocotools.coco import COCO
 
+from rcnn_det.datasets.samplers.sampler import seeded_rng
 from rcnn_det.registry import DATASETS
 
 REQUIRED_TOP_KEYS = ('images', 'annotations', 'categories')
@@ -94,9 +96,17 @@ def check_references(data: dict, ann_file: str) -> None:
                              f'(ids {sorted(cat_ids)})')
         bbox = ann['bbox']
         if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)):
+                and all(is_number(v) for v in bbox)):
             raise ValueError(f"{ann_file}: annotation {ann['id']} has bbox {bbox!r}, "
                              'expected [x, y, width, height] numbers')
+        if 'area' in ann and not is_number(ann['area']):
+            raise ValueError(f"{ann_file}: annotation {ann['id']} has area {ann['area']!r}, "
+                             'expected a number')
+
+
+def is_number(value: Any) -> bool:
+    """An int or float (NaN and infinities included: those are skipped per box), not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def select_categories(categories: list[dict], classes: Sequence[str] | None,
@@ -124,13 +134,18 @@ def select_categories(categories: list[dict], classes: Sequence[str] | None,
 
 
 def invalid_box_reason(ann: dict, img: dict) -> str | None:
-    """Why an annotation cannot be a training box (mmdet drops these silently), or None."""
+    """Why an annotation cannot be a training box (mmdet drops these silently), or None.
+
+    Comparisons are written so that NaN fails them (``nan < 1`` and ``nan <= 0`` are False).
+    """
     x, y, w, h = ann['bbox']
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        return f"bbox {ann['bbox']} has a non-finite coordinate (NaN or infinity)"
     area = ann.get('area', w * h)
-    if w < 1 or h < 1:
+    if not (w >= 1 and h >= 1):
         return f'bbox width/height {w}x{h} below 1 px'
-    if area <= 0:
-        return f'area {area} <= 0'
+    if not area > 0:  # NaN fails this too
+        return f'area {area} <= 0' if area <= 0 else f'area {area} is not a number'
     inter_w = min(x + w, img['width']) - max(x, 0)
     inter_h = min(y + h, img['height']) - max(y, 0)
     if inter_w <= 0 or inter_h <= 0:
@@ -155,8 +170,10 @@ class CocoDataset(BaseDataset):
         Others: as mmengine's ``BaseDataset``.
 
     ``cat_ids[label]`` is the COCO category id of ``label``; ``cat2label`` the inverse.
-    Annotations that cannot be a box (width or height < 1 px, area <= 0, outside the image) are
-    skipped with one aggregated warning that names each annotation id and its image.
+    Annotations that cannot be a box (a NaN or infinite coordinate, width or height < 1 px,
+    area <= 0, outside the image) are skipped with one aggregated warning that names each
+    annotation id and its image. An empty dataset is a ValueError naming ``ann_file`` at
+    ``full_init``: a file without images, or (training) every image removed by ``filter_cfg``.
     """
 
     METAINFO: dict = dict()
@@ -209,6 +226,10 @@ class CocoDataset(BaseDataset):
     def load_data_list(self) -> list[dict]:
         """Read the json, pick the categories, and parse one data info per image (json order)."""
         data = read_coco_json(self.ann_file, self.backend_args)
+        if not data['images']:
+            # Fail here, naming the file: an empty dataset otherwise fails far away (mmengine's
+            # serialisation: "need at least one array to concatenate", or an empty evaluation).
+            raise ValueError(f'{self.ann_file}: the annotation file has no images')
         classes, self.cat_ids = select_categories(data['categories'],
                                                   self._metainfo.get('classes'), self.ann_file)
         if 'classes' not in self._metainfo:
@@ -263,18 +284,41 @@ class CocoDataset(BaseDataset):
                   logger='current', level=logging.WARNING)
 
     def filter_data(self) -> list[dict]:
-        """Training only: apply ``filter_cfg`` (see the class docstring)."""
+        """Training only: apply ``filter_cfg`` (see the class docstring).
+
+        Raises ValueError naming ``ann_file`` and what each filter removed when no image is left.
+        """
         if self.test_mode or not self.filter_cfg:
             return self.data_list
         filter_empty_gt = self.filter_cfg.get('filter_empty_gt', False)
         min_size = self.filter_cfg.get('min_size', 0)
-        kept = []
+        kept, too_small, no_box = [], 0, 0
         for info in self.data_list:
-            if filter_empty_gt and all(inst['ignore_flag'] for inst in info['instances']):
-                continue
-            if min(info['width'], info['height']) >= min_size:
+            # An image is counted under the first filter that drops it: min_size, then
+            # filter_empty_gt. The kept images do not depend on this order.
+            if min(info['width'], info['height']) < min_size:
+                too_small += 1
+            elif filter_empty_gt and all(inst['ignore_flag'] for inst in info['instances']):
+                no_box += 1
+            else:
                 kept.append(info)
+        if not kept:
+            why_no_box = 'no non-crowd box' if filter_empty_gt else 'off'
+            raise ValueError(
+                f'{self.ann_file}: no images left for training: {len(self.data_list)} images in '
+                f'the file, {too_small} removed by filter_cfg min_size={min_size} (shorter side '
+                f'below it), {no_box} by filter_empty_gt ({why_no_box})')
         return kept
+
+    def __getitem__(self, idx: int) -> dict:
+        """mmengine's ``__getitem__``; an index from rcnn_det's samplers (``SampleIndex``) runs
+        the pipeline with its own seed, so the sample's random augmentations do not depend on
+        the data-loader worker or on what was loaded before (exact resume)."""
+        seed = getattr(idx, 'seed', None)
+        if seed is None:
+            return super().__getitem__(idx)
+        with seeded_rng(seed):
+            return super().__getitem__(int(idx))
 
     def get_cat_ids(self, idx: int) -> list[int]:
         """Labels (0..C-1, mmdet 3.x's meaning of "cat ids") of the instances of image ``idx``."""

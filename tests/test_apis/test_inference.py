@@ -15,6 +15,7 @@ from conftest import (ATSS_DEMO_CONFIG, DEMO_CONFIG, DETR_DEMO_CONFIG, MASK_DEMO
                       TINY_SHAPES)
 from rcnn_det.apis import inference_detector, inference_pipeline, init_detector
 from rcnn_det.datasets import SHAPE_CLASSES
+from rcnn_det.engine import CheckpointMismatchError
 from rcnn_det.registry import DATASETS
 
 # Shrinks the demo configs' test input from 224 px to 128 px (index 1 is their Resize).
@@ -115,14 +116,24 @@ def test_checkpoint_loading_stays_safe_and_strict(faster_ckpt, tmp_path):
     # weights_only=True: a checkpoint that would run code when unpickled is refused.
     evil = tmp_path / 'evil.pth'
     torch.save(dict(checkpoint, meta=dict(hook=pickle.loads)), evil)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(pickle.UnpicklingError, match=f'refused to load checkpoint {evil}: it '
+                                                     'holds pickle.loads'):
         init_detector(DEMO_CONFIG, evil)
-    # A checkpoint of another model fails, naming the file, instead of predicting noise.
+    # A checkpoint of another model fails, naming the file and what differs, instead of
+    # predicting noise.
     partial = tmp_path / 'partial.pth'
     del checkpoint['state_dict']['roi_head.bbox_head.fc_cls.weight']
     torch.save(checkpoint, partial)
-    with pytest.raises(RuntimeError, match='(?s)partial.pth does not fit.*fc_cls.weight'):
+    with pytest.raises(CheckpointMismatchError,
+                       match=f'checkpoint {partial} does not fit the model \\(FasterRCNN\\); the '
+                             'model is unchanged:\n  1 missing key .*\n    '
+                             'roi_head.bbox_head.fc_cls.weight$'):
         init_detector(DEMO_CONFIG, partial)
+    with pytest.raises(CheckpointMismatchError,
+                       match=r'roi_head\.bbox_head\.fc_cls\.weight: checkpoint \(5, 256\) vs '
+                             r'model \(4, 256\)'):
+        init_detector(DEMO_CONFIG, faster_ckpt,
+                      cfg_options={'model.roi_head.bbox_head.num_classes': 3})
     with pytest.raises(FileNotFoundError, match='checkpoint not found: nope.pth'):
         init_detector(DEMO_CONFIG, 'nope.pth')
 

@@ -118,6 +118,12 @@ def edited(change) -> dict:
     (lambda c: c['images'][1].pop('height'), r"image 2 .*lacks key\(s\) \['height'\]"),
     (lambda c: c['annotations'][3].update(id=1), r'duplicate annotation id\(s\) \[1\]'),
     (lambda c: c['annotations'][0].update(bbox=[1, 2, 3]), r'annotation 1 has bbox \[1, 2, 3\]'),
+    (lambda c: c['annotations'][0].update(bbox=['1', 2, 3, 4]),
+     r"annotation 1 has bbox \['1', 2, 3, 4\], expected \[x, y, width, height\] numbers"),
+    (lambda c: c['annotations'][1].update(bbox=None), r'annotation 2 has bbox None'),
+    (lambda c: c['annotations'][2].update(bbox=[1, 1, True, 5]), r'annotation 3 has bbox'),
+    (lambda c: c['annotations'][3].update(area='big'),
+     r"annotation 4 has area 'big', expected a number"),
 ])
 def test_bad_references_name_the_culprit(tmp_path, change, expected):
     write_coco(tmp_path, edited(change), with_images=False)
@@ -147,6 +153,35 @@ def test_degenerate_boxes_are_skipped_with_one_warning(tmp_path, monkeypatch):
     assert ds.get_data_info(1)['instances'] == []
 
 
+def test_non_finite_boxes_are_skipped_and_named(tmp_path, monkeypatch):
+    nan, inf = float('nan'), float('inf')
+
+    def change(coco):
+        coco['annotations'][0]['bbox'] = [nan, 3, 10, 5]
+        coco['annotations'][2]['bbox'] = [1, 1, inf, 5]
+        coco['annotations'] += [
+            dict(id=9, image_id=3, category_id=1, area=4, bbox=[1, 1, 5, -inf], iscrowd=0),
+            dict(id=10, image_id=3, category_id=1, area=nan, bbox=[1, 1, 5, 5], iscrowd=0),
+            dict(id=11, image_id=3, category_id=1, area=25, bbox=[1, 1, 5, 5], iscrowd=0)]
+    ann_file = write_coco(tmp_path, edited(change))
+    text = ann_file.read_text()
+    assert 'NaN' in text and '-Infinity' in text  # the json tokens Python's json module reads
+    logged = []
+    monkeypatch.setattr('rcnn_det.datasets.coco.print_log',
+                        lambda msg, logger=None, level=None: logged.append(msg))
+    ds = build(tmp_path, serialize_data=False)
+    assert len(logged) == 1 and 'skipped 4 annotation(s)' in logged[0]
+    msg = logged[0]
+    assert "annotation 1 (image 1 'a.png'): bbox [nan, 3, 10, 5] has a non-finite" in msg
+    assert "annotation 3 (image 2 'b.png'): bbox [1, 1, inf, 5] has a non-finite" in msg
+    assert "annotation 9 (image 3 'c.png'): bbox [1, 1, 5, -inf] has a non-finite" in msg
+    assert "annotation 10 (image 3 'c.png'): area nan is not a number" in msg
+    assert [inst['ignore_flag'] for inst in ds.get_data_info(0)['instances']] == [1]
+    assert ds.get_data_info(1)['instances'] == []
+    assert ds.get_data_info(2)['instances'] == [dict(bbox=[1.0, 1.0, 6.0, 6.0], bbox_label=0,
+                                                     ignore_flag=0)]
+
+
 def test_many_skips_are_aggregated(tmp_path, monkeypatch):
     coco = tiny_coco()
     coco['annotations'] += [dict(id=100 + i, image_id=3, category_id=1, area=0,
@@ -158,6 +193,44 @@ def test_many_skips_are_aggregated(tmp_path, monkeypatch):
     build(tmp_path)
     assert len(logged) == 1 and 'skipped 25 annotation(s)' in logged[0]
     assert '... and 15 more' in logged[0] and logged[0].count('\n') == 11
+
+
+@pytest.mark.parametrize('metainfo, filter_cfg, counts', [
+    (None, dict(filter_empty_gt=True, min_size=100000),
+     '4 removed by filter_cfg min_size=100000 (shorter side below it), '
+     '0 by filter_empty_gt (no non-crowd box)'),
+    # image 2 (50x20) is too small; 1 has no bird, 3 no box, 4 only a crowd region
+    (dict(classes=('bird',)), dict(filter_empty_gt=True, min_size=25),
+     '1 removed by filter_cfg min_size=25 (shorter side below it), '
+     '3 by filter_empty_gt (no non-crowd box)'),
+    (None, dict(filter_empty_gt=False, min_size=61),
+     '4 removed by filter_cfg min_size=61 (shorter side below it), 0 by filter_empty_gt (off)'),
+])
+def test_everything_filtered_names_file_and_counts(coco_root, metainfo, filter_cfg, counts):
+    with pytest.raises(ValueError) as err:
+        build(coco_root, metainfo=metainfo, filter_cfg=filter_cfg)
+    assert str(err.value) == (f"{coco_root / 'ann.json'}: no images left for training: "
+                              f'4 images in the file, {counts}')
+
+
+def test_filter_cfg_does_not_empty_a_test_set(coco_root):
+    ds = build(coco_root, test_mode=True, filter_cfg=dict(filter_empty_gt=True, min_size=10**5))
+    assert len(ds) == 4
+
+
+@pytest.mark.parametrize('test_mode', [False, True])
+def test_file_without_images_is_an_error(tmp_path, test_mode):
+    write_coco(tmp_path, dict(images=[], annotations=[], categories=tiny_coco()['categories']))
+    with pytest.raises(ValueError) as err:
+        build(tmp_path, test_mode=test_mode)
+    assert str(err.value) == f"{tmp_path / 'ann.json'}: the annotation file has no images"
+
+
+def test_file_without_images_fails_at_full_init_when_lazy(tmp_path):
+    write_coco(tmp_path, dict(images=[], annotations=[], categories=tiny_coco()['categories']))
+    ds = build(tmp_path, lazy_init=True)
+    with pytest.raises(ValueError, match='the annotation file has no images'):
+        ds.full_init()
 
 
 def test_missing_image_names_the_path(coco_root):

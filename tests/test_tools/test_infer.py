@@ -158,6 +158,20 @@ def test_inputs_that_name_no_image(tmp_path, monkeypatch, checkpoints, image_dir
         run_in_process(monkeypatch, DEMO_CONFIG, tmp_path / 'none.pth', image_dir)
 
 
+def test_a_checkpoint_of_another_model_is_refused(tmp_path, monkeypatch, checkpoints,
+                                                  image_dir):
+    """Not predictions of a half-loaded model: the file and what differs, and no output."""
+    ckpt = checkpoints['faster']
+    with pytest.raises(SystemExit) as error:
+        run_in_process(monkeypatch, DEMO_CONFIG, ckpt, image_dir, '--out-dir', tmp_path / 'out',
+                       '--cfg-options', 'model.roi_head.bbox_head.num_classes=3')
+    assert str(error.value).startswith(f'infer.py: error: checkpoint {ckpt} does not fit the '
+                                       'model (FasterRCNN)')
+    assert 'roi_head.bbox_head.fc_cls.weight: checkpoint (5, 256) vs model (4, 256)' in \
+        str(error.value)
+    assert not (tmp_path / 'out').exists()
+
+
 def test_unreadable_image_is_named(tmp_path, monkeypatch, checkpoints, image_dir):
     folder = tmp_path / 'images'
     folder.mkdir()

@@ -23,7 +23,7 @@ class AspectRatioBatchSampler(BatchSampler):
     only a final batch shorter than ``batch_size`` is dropped. Every index of the sampler's epoch
     is yielded exactly once (without ``drop_last``), and ``len()`` is exact.
 
-    Works with mmengine's ``DefaultSampler`` and ``InfiniteSampler`` (then it never ends); in
+    Works with ``DefaultSampler`` and ``InfiniteSampler`` (then it never ends); in
     distributed runs each rank's sampler already yields only that rank's shard. mmengine's loops
     call ``batch_sampler.sampler.set_epoch``, so ``sampler`` keeps its name.
     """
@@ -42,12 +42,26 @@ class AspectRatioBatchSampler(BatchSampler):
         self.sampler = sampler
         self.batch_size = batch_size
         self.drop_last = drop_last
+        self._skip = 0
 
     def _is_landscape(self, idx: int) -> bool:
         info = self.sampler.dataset.get_data_info(idx)
         return info['width'] >= info['height']
 
+    def fast_forward(self, num_batches: int) -> None:
+        """The next pass starts after its first ``num_batches`` batches: they are formed from
+        the sampler's indices as usual (image sizes come from the annotations) and dropped."""
+        self._skip = num_batches
+
     def __iter__(self) -> Iterator[list[int]]:
+        skip, self._skip = self._skip, 0
+        for batch in self._batches():
+            if skip:
+                skip -= 1
+            else:
+                yield batch
+
+    def _batches(self) -> Iterator[list[int]]:
         buckets: tuple[list[int], list[int]] = ([], [])  # (portrait, landscape)
         for idx in self.sampler:
             bucket = buckets[self._is_landscape(idx)]

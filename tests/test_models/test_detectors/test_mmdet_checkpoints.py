@@ -20,8 +20,8 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger
 from mmengine.runner import Runner, load_checkpoint
 
-import rcnn_det.engine  # noqa: F401  (what tools/test.py imports: weights_only-safe loading)
 from conftest import REPO_ROOT
+from rcnn_det.engine import register_checkpoint_safe_globals
 from rcnn_det.registry import MODELS
 
 FASTER_RCNN_CONFIG = REPO_ROOT / 'configs/faster_rcnn/faster_rcnn_r50_fpn_1x_coco.py'
@@ -134,6 +134,7 @@ def assert_values_landed(model: torch.nn.Module, state_dict: dict) -> None:
 @pytest.fixture(scope='module')
 def checkpoints(tmp_path_factory):
     """Both detectors' checkpoints; Mask R-CNN's shares Faster R-CNN's tensors and adds 12."""
+    register_checkpoint_safe_globals()  # what tools/test.py does: weights_only-safe loading
     root = tmp_path_factory.mktemp('mmdet_checkpoints')
     states = {'mask_rcnn': random_state_dict(mmdet_keys('mask_rcnn'))}
     states['faster_rcnn'] = OrderedDict(
