@@ -52,7 +52,7 @@ class _NonFiniteGuard:
         loss = self.scale_loss(loss)
         self.backward(loss)
         self.last_step_skipped, self.last_grad_norm = False, None
-        self._window_loss_finite &= math.isfinite(float(loss))
+        self._window_loss_finite &= math.isfinite(float(loss.detach()))
         if not self.should_update():
             return
         self.last_grad_norm = self._grad_norm()
