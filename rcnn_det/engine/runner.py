@@ -102,6 +102,11 @@ def check_optimizer_state_fits(optim_wrapper: OptimWrapper, state: dict, filenam
                     f'{tuple(value.shape)}, the parameter {shape}')
 
 
+def _to_cpu(tree):
+    """Every tensor of a nested structure, on the CPU (as mmengine saves them)."""
+    return apply_to(tree, lambda x: hasattr(x, 'cpu'), lambda x: x.cpu())
+
+
 @RUNNERS.register_module()
 class DetRunner(Runner):
     """mmengine's ``Runner`` with safe saving, strict resuming and exact resume (module
@@ -134,11 +139,10 @@ class DetRunner(Runner):
         if hasattr(self.train_dataloader.dataset, 'metainfo'):
             meta.update(dataset_meta=self.train_dataloader.dataset.metainfo)
         model = self.model.module if is_model_wrapper(self.model) else self.model
-        to_cpu = lambda tree: apply_to(tree, lambda x: hasattr(x, 'cpu'), lambda x: x.cpu())  # noqa: E731,E501
         checkpoint = dict(meta=meta, state_dict=weights_to_cpu(model.state_dict()),
-                          message_hub=to_cpu(self.message_hub.state_dict()))
+                          message_hub=_to_cpu(self.message_hub.state_dict()))
         if save_optimizer:
-            checkpoint['optimizer'] = to_cpu(self.optim_wrapper.state_dict())
+            checkpoint['optimizer'] = _to_cpu(self.optim_wrapper.state_dict())
         if save_param_scheduler and self.param_schedulers is not None:
             schedulers = self.param_schedulers
             checkpoint['param_schedulers'] = (

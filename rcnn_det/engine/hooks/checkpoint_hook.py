@@ -14,7 +14,6 @@ What it changes, in the order a save happens:
 """
 from __future__ import annotations
 
-import math
 import os.path as osp
 import signal
 import threading
