@@ -100,7 +100,7 @@ _REFUSED = re.compile(r'GLOBAL (\S+) was not an allowed global|unsupported GLOBA
 
 
 def _unpickler_message(error: Exception) -> str:
-    """The unpickler's own words, without torch's advice to load with weights_only=False."""
+    """The unpickler's own words, without torch's advice to turn the weights-only safety off."""
     message = str(error)
     if 'WeightsUnpickler error:' in message:
         message = message.split('WeightsUnpickler error:', 1)[1].strip().split('\n\n')[0]
@@ -109,7 +109,7 @@ def _unpickler_message(error: Exception) -> str:
 
 def load_checkpoint_file(filename: str | os.PathLike, map_location='cpu') -> dict:
     """Read a checkpoint file (or a URL mmengine's file backends read) with
-    ``torch.load(weights_only=True)`` and rcnn_det's allow-list; never with ``weights_only=False``.
+    ``torch.load(weights_only=True)`` and rcnn_det's allow-list; never with the weights-only safety turned off.
 
     Returns what ``torch.save`` wrote: an mmengine checkpoint (``state_dict``, ``meta``,
     ``optimizer``, ...) or a bare state dict. Every error names the file:
