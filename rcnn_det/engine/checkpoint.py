@@ -109,7 +109,7 @@ def _unpickler_message(error: Exception) -> str:
 
 def load_checkpoint_file(filename: str | os.PathLike, map_location='cpu') -> dict:
     """Read a checkpoint file (or a URL mmengine's file backends read) with
-    ``torch.load(weights_only=True)`` and rcnn_det's allow-list; never with the weights-only safety turned off.
+    ``torch.load(weights_only=True)`` and rcnn_det's allow-list, never without it.
 
     Returns what ``torch.save`` wrote: an mmengine checkpoint (``state_dict``, ``meta``,
     ``optimizer``, ...) or a bare state dict. Every error names the file:

@@ -156,6 +156,17 @@ def final_metrics(log: str) -> str:
 MAX_ITERS = 10
 
 
+def resume_to_the_end_like(uninterrupted, tmp_path: Path, cfg: Path, work: Path) -> str:
+    """``--resume`` to MAX_ITERS; the run must end as the uninterrupted one (weights, optimizer,
+    schedulers, final metrics). Returns its log."""
+    proc = train(tmp_path, cfg, work, '--resume')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reference, metrics, _ = uninterrupted
+    assert_same_training(load(work / f'iter_{MAX_ITERS}.pth'), reference)
+    assert final_metrics(proc.stdout) == metrics
+    return proc.stdout
+
+
 @pytest.fixture(scope='module')
 def uninterrupted(tmp_path_factory, tiny_shapes_root):
     """The reference run: MAX_ITERS iterations, a checkpoint every 2, no interruption."""
@@ -182,14 +193,10 @@ def test_kill_during_save_keeps_previous_checkpoint(tmp_path, tiny_shapes_root, 
 
     # A last_checkpoint naming a missing file (say, removed by hand): the newest readable one
     (work / 'last_checkpoint').write_text(str(work / 'iter_4.pth'))
-    proc = train(tmp_path, cfg, work, '--resume')
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = resume_to_the_end_like(uninterrupted, tmp_path, cfg, work)
     assert f'names {work / "iter_4.pth"}, which is missing; resuming from ' \
-           f'{work / "iter_2.pth"} instead' in proc.stdout
-    assert 'resumed epoch: 0, iter: 2' in proc.stdout
-    reference, metrics, _ = uninterrupted
-    assert_same_training(load(work / f'iter_{MAX_ITERS}.pth'), reference)
-    assert final_metrics(proc.stdout) == metrics
+           f'{work / "iter_2.pth"} instead' in log
+    assert 'resumed epoch: 0, iter: 2' in log
 
 
 def test_killed_five_times_ends_like_the_uninterrupted_run(tmp_path, tiny_shapes_root,
@@ -207,11 +214,7 @@ def test_killed_five_times_ends_like_the_uninterrupted_run(tmp_path, tiny_shapes
             assert f'WARNING - --resume: no checkpoint in {work} to resume from; training ' \
                    'starts from scratch' in log
         done = load(Path((work / 'last_checkpoint').read_text()))['meta']['iter']
-    proc = train(tmp_path, cfg, work, '--resume')
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    reference, metrics, _ = uninterrupted
-    assert_same_training(load(work / f'iter_{MAX_ITERS}.pth'), reference)
-    assert final_metrics(proc.stdout) == metrics
+    resume_to_the_end_like(uninterrupted, tmp_path, cfg, work)
 
 
 def test_sigterm_saves_the_current_iteration_and_resumes_exactly(tmp_path, tiny_shapes_root,
