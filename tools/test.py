@@ -5,13 +5,12 @@ import os.path as osp
 
 from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
 
 # main() calls register_checkpoint_safe_globals() before any checkpoint is loaded: mmengine's
 # then load with weights_only=True (rcnn_det/engine/checkpoint.py), as the Runner's load_from
 # needs.
-from rcnn_det.engine import (destroy_distributed, follow_launcher, init_cpu_distributed,
-                             load_checkpoint_file, load_state_dict_strict, load_tool_config,
+from rcnn_det.engine import (DetRunner, destroy_distributed, follow_launcher,
+                             init_cpu_distributed, load_tool_config,
                              register_checkpoint_safe_globals)
 
 
@@ -68,13 +67,9 @@ def main() -> None:
                               dict(type='DumpDetResults', out_file_path=args.out)]
     init_cpu_distributed(cfg)
     try:
-        runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-        # load_from alone only warns about weights that do not fit the model, and the mAP of a
-        # half-loaded model follows: refuse such a checkpoint here, naming the file and the keys
-        # and shapes that differ. The Runner then loads it again where it always does (after the
-        # before_run hooks, calling the after_load_checkpoint ones such as EMAHook's).
-        load_state_dict_strict(runner.model, load_checkpoint_file(args.checkpoint),
-                               args.checkpoint)
+        # DetRunner.test refuses a checkpoint that does not fit the model, naming the file and
+        # the keys and shapes that differ (mmengine's would evaluate a half-loaded model)
+        runner = DetRunner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
         runner.test()
     finally:
         destroy_distributed()
