@@ -1,23 +1,28 @@
-"""The reader budget of STYLE.md section 3: one RPN training step must stay easy to follow.
+"""The reading budget of docs/reading_budget.md: two paths a reader follows stay easy to follow.
 
-The test traces ``RPNHead.loss_and_predict`` (anchors, assignment, sampling, encoding, losses,
-decoding, NMS) with ``sys.setprofile`` and counts the framework code that ran: files, classes,
-functions and nesting depth. torch itself and the standard library are not counted. A change
-that exceeds the budget is a decision to take in review, not an accident.
+Each test traces one path with ``sys.setprofile`` and counts the framework code that ran: files,
+classes, functions and nesting depth (torch and the standard library are not counted). The
+budgets are docs/reading_budget.md's table, read from it, so the document and the test cannot
+disagree; a change that exceeds a budget is a decision to take in review (and to write into
+that table), not an accident.
 """
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
 import torch
 import torchvision
+from mmengine.config import Config
 from mmengine.structures import InstanceData
 
 import rcnn_det
 from rcnn_det.models.dense_heads import RPNHead
-from rcnn_det.models.recipes import ProposalRecipe
+from rcnn_det.models.recipes import NMSConfig, ProposalRecipe
+from rcnn_det.registry import MODELS
 from rcnn_det.structures import DetDataSample
+from tests.conftest import REPO_ROOT
 
 PACKAGE_ROOTS = {
     'rcnn_det': Path(rcnn_det.__file__).parent,
@@ -28,14 +33,21 @@ import mmengine  # noqa: E402
 PACKAGE_ROOTS['mmengine'] = Path(mmengine.__file__).parent
 
 COMPREHENSIONS = ('<listcomp>', '<setcomp>', '<dictcomp>', '<genexpr>')
-# STYLE.md's targets, with three reviewed exceptions:
-# - files_inside 11 (target 9), files 17 (16): losses/reduction.py holds the weight/avg_factor
-#   reduction both losses share (mmdet's losses/utils.py), and structures/det_data_sample.py runs
-#   because the head reads `sample.gt_instances`, a property of DetDataSample;
-# - functions 49 (45): those two files' functions, and clip_to_shapes kept as a tested helper;
-# - depth 9 (8): the deepest chain is head -> anchor_targets -> assigner -> bbox_overlaps, then
-#   torchvision's own box_iou -> _box_inter_union -> box_area -> _log_api_usage_once.
-BUDGET = dict(files=17, files_inside=11, files_outside=7, classes=10, functions=49, depth=9)
+BUDGET_DOC = REPO_ROOT / 'docs' / 'reading_budget.md'
+MEASURES = ('files', 'files_inside', 'files_outside', 'classes', 'functions', 'depth')
+
+
+def read_budgets() -> dict[str, dict[str, int]]:
+    """docs/reading_budget.md's table: one row per measure, one budget column per path."""
+    rows = [line for line in BUDGET_DOC.read_text().splitlines() if line.startswith('| `')]
+    budgets: dict[str, dict[str, int]] = {'rpn': {}, 'co_detr_aux': {}}
+    for row in rows:
+        cells = [c.strip() for c in row.strip('|').split('|')]
+        measure = cells[0].strip('`')
+        budgets['rpn'][measure] = int(re.sub(r'\D', '', cells[1]))
+        budgets['co_detr_aux'][measure] = int(re.sub(r'\D', '', cells[2]))
+    assert set(budgets['rpn']) == set(MEASURES), f'{BUDGET_DOC}: rows {sorted(budgets["rpn"])}'
+    return budgets
 
 
 def make_rpn_inputs():
@@ -57,8 +69,9 @@ def make_rpn_inputs():
         s.gt_instances = InstanceData(bboxes=torch.tensor([[4., 4., 30., 40.]]) + i,
                                       labels=torch.tensor([0]))
         samples.append(s)
-    # As TwoStageDetector passes it: the config dict is parsed once, at build time.
-    recipe = ProposalRecipe(nms_pre=200, max_per_img=100, iou_threshold=0.7, min_bbox_size=0)
+    # As TwoStageDetector passes it: the config dict is read once, at build time.
+    recipe = ProposalRecipe(nms_pre=200, max_per_img=100, nms=NMSConfig(iou_threshold=0.7),
+                            min_bbox_size=0)
     return head, feats, samples, recipe
 
 
@@ -102,13 +115,51 @@ def trace(fn) -> dict:
                                     for f in inside))
 
 
-def test_rpn_training_step_stays_within_the_reader_budget():
+def make_co_detr_aux_inputs():
+    """The demo Co-DETR's heads on a 64 x 80 batch: the memory maps, the RPN's proposals and
+    the samples, so that the traced path is the auxiliary heads' alone."""
+    cfg = Config.fromfile(REPO_ROOT / 'configs' / 'demo' / 'co_deformable_detr_r18_shapes.py')
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    samples = []
+    for i in range(2):
+        s = DetDataSample(metainfo=dict(img_shape=(64, 80), pad_shape=(64, 80),
+                                        batch_input_shape=(64, 80), scale_factor=(1., 1.)))
+        s.gt_instances = InstanceData(bboxes=torch.tensor([[4., 6., 40., 50.]]) + i,
+                                      labels=torch.tensor([1]))
+        samples.append(s)
+    feats = model.extract_feat(torch.randn(2, 3, 64, 80))
+    memory = model.query_head(feats, [s.metainfo for s in samples])[-1]
+    proposals = model.rpn_head.loss_and_predict(memory, samples, model.rpn_proposal)[1]
+    return model, memory, proposals, samples
+
+
+def co_detr_aux_path(model, memory, proposals, samples) -> None:
+    """What CoDETR.loss does per auxiliary head: its losses and positives, then the query
+    head's positive-query losses."""
+    for k, head in enumerate(model.aux_heads):
+        out = head.loss_and_positives(memory, samples, proposals if head.needs_proposals else None)
+        model.query_head.loss_aux(memory, out.positives, k, samples)
+
+
+def assert_within(budget: dict, counts: dict, path: str) -> None:
+    over = {k: (counts[k], v) for k, v in budget.items() if counts[k] > v}
+    assert not over, (f'{path}: reading budget exceeded (measured, budget): {over}; rcnn_det '
+                      f'files: {counts["inside_names"]}')
+
+
+def test_rpn_training_step_stays_within_the_reading_budget():
     head, feats, samples, recipe = make_rpn_inputs()
     head.loss_and_predict(feats, samples, recipe)  # warm up lazy imports and registries
     counts = trace(lambda: head.loss_and_predict(feats, samples, recipe))
-    over = {k: (counts[k], v) for k, v in BUDGET.items() if counts[k] > v}
-    assert not over, f'reader budget exceeded (measured, budget): {over}; rcnn_det files: ' \
-                     f'{counts["inside_names"]}'
+    assert_within(read_budgets()['rpn'], counts, 'RPNHead.loss_and_predict')
+
+
+def test_co_detr_auxiliary_path_stays_within_the_reading_budget():
+    inputs = make_co_detr_aux_inputs()
+    co_detr_aux_path(*inputs)
+    counts = trace(lambda: co_detr_aux_path(*inputs))
+    assert_within(read_budgets()['co_detr_aux'], counts, 'the Co-DETR auxiliary path')
 
 
 def test_rpn_head_has_at_most_two_project_base_classes():

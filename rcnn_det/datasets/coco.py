@@ -164,12 +164,16 @@ class CocoDataset(BaseDataset):
             only after ``full_init``).
         data_prefix: ``dict(img='train2017/')``: image folder, relative to ``data_root``.
         filter_cfg: ``dict(filter_empty_gt=True, min_size=32)`` drops, in training only, images
-            without a non-crowd box and images whose shorter side is below ``min_size``.
-            None (mmdet's default) keeps every image.
+            without any annotation of the classes and images whose shorter side is below
+            ``min_size``. As in mmdet, any annotation counts, also a crowd region or one that
+            cannot be a box (so an image may be kept with no training box). None (mmdet's
+            default) keeps every image.
         backend_args: mmengine file backend arguments for reading ``ann_file``.
         Others: as mmengine's ``BaseDataset``.
 
-    ``cat_ids[label]`` is the COCO category id of ``label``; ``cat2label`` the inverse.
+    ``cat_ids[label]`` is the COCO category id of ``label``; ``cat2label`` the inverse;
+    ``cat_img_map`` maps every category id of the json to the ids of the images that have an
+    annotation of it (pycocotools' ``catToImgs``, one entry per annotation, as mmdet's).
     Annotations that cannot be a box (a NaN or infinite coordinate, width or height < 1 px,
     area <= 0, outside the image) are skipped with one aggregated warning that names each
     annotation id and its image. An empty dataset is a ValueError naming ``ann_file`` at
@@ -240,6 +244,9 @@ class CocoDataset(BaseDataset):
         coco.dataset = data
         with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress lines
             coco.createIndex()
+        # Built from ALL annotations (crowd, 'ignore', unusable boxes too): filter_empty_gt
+        # reads it, as mmdet's filter_data reads its cat_img_map.
+        self.cat_img_map = {cat_id: list(img_ids) for cat_id, img_ids in coco.catToImgs.items()}
         skipped: list[str] = []
         data_list = [self.parse_data_info(dict(raw_img_info=coco.imgs[img_id],
                                                raw_ann_info=coco.imgToAnns[img_id]), skipped)
@@ -286,28 +293,34 @@ class CocoDataset(BaseDataset):
     def filter_data(self) -> list[dict]:
         """Training only: apply ``filter_cfg`` (see the class docstring).
 
-        Raises ValueError naming ``ann_file`` and what each filter removed when no image is left.
+        filter_empty_gt keeps exactly the images that mmdet's ``CocoDataset.filter_data`` keeps:
+        those listed in ``cat_img_map`` under one of ``cat_ids``, i.e. with at least one
+        annotation of the classes, whatever its ``iscrowd`` or box; the parsed ``instances``
+        play no part. Raises ValueError naming ``ann_file`` and what each filter removed when no
+        image is left.
         """
         if self.test_mode or not self.filter_cfg:
             return self.data_list
         filter_empty_gt = self.filter_cfg.get('filter_empty_gt', False)
         min_size = self.filter_cfg.get('min_size', 0)
-        kept, too_small, no_box = [], 0, 0
+        annotated = {img_id for cat_id in self.cat_ids
+                     for img_id in self.cat_img_map.get(cat_id, ())}
+        kept, too_small, no_ann = [], 0, 0
         for info in self.data_list:
             # An image is counted under the first filter that drops it: min_size, then
             # filter_empty_gt. The kept images do not depend on this order.
             if min(info['width'], info['height']) < min_size:
                 too_small += 1
-            elif filter_empty_gt and all(inst['ignore_flag'] for inst in info['instances']):
-                no_box += 1
+            elif filter_empty_gt and info['img_id'] not in annotated:
+                no_ann += 1
             else:
                 kept.append(info)
         if not kept:
-            why_no_box = 'no non-crowd box' if filter_empty_gt else 'off'
+            why_no_ann = 'no annotation of the classes' if filter_empty_gt else 'off'
             raise ValueError(
                 f'{self.ann_file}: no images left for training: {len(self.data_list)} images in '
                 f'the file, {too_small} removed by filter_cfg min_size={min_size} (shorter side '
-                f'below it), {no_box} by filter_empty_gt ({why_no_box})')
+                f'below it), {no_ann} by filter_empty_gt ({why_no_ann})')
         return kept
 
     def __getitem__(self, idx: int) -> dict:

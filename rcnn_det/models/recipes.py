@@ -66,32 +66,51 @@ def read_dataclass(cls: type[T], cfg: dict | T | None, where: str) -> T | None:
     return cls(**cfg)
 
 
-def read_nms_cfg(nms: dict | None, where: str) -> float:
-    """mmdet's ``nms=dict(type='nms', iou_threshold=0.7)`` -> the IoU threshold."""
-    if nms is None:
-        raise KeyError(f"{where}: missing 'nms' (e.g. nms=dict(type='nms', iou_threshold=0.5))")
-    nms = dict(nms)
-    kind = nms.pop('type', 'nms')
-    if kind != 'nms':
-        raise ValueError(f"{where}.nms: only type='nms' is supported, got {kind!r}")
-    iou = nms.pop('iou_threshold', None)
-    if iou is None:
-        raise KeyError(f"{where}.nms: missing 'iou_threshold'")
-    nms.pop('split_thr', None)  # a speed knob of mmcv's batched_nms; torchvision needs none
-    for key in nms:
-        raise unknown_key_error(f'{where}.nms', key, ['type', 'iou_threshold'])
-    return float(iou)
+@dataclasses.dataclass(frozen=True)
+class NMSConfig:
+    """mmdet's ``nms=dict(type='nms', iou_threshold=...)`` (``split_thr``, a speed knob of
+    mmcv's batched_nms, is accepted and unused: torchvision needs none)."""
+    type: str = 'nms'
+    iou_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.type != 'nms':
+            raise ValueError(f"nms: only type='nms' is supported, got {self.type!r}")
+
+    @classmethod
+    def from_cfg(cls, cfg: dict | NMSConfig | None, where: str) -> NMSConfig:
+        if isinstance(cfg, cls):
+            return cfg
+        if cfg is None:
+            raise KeyError(f"{where}: missing 'nms' (e.g. nms=dict(type='nms', "
+                           'iou_threshold=0.5))')
+        cfg = dict(cfg)
+        cfg.pop('split_thr', None)
+        if 'iou_threshold' not in cfg:
+            raise KeyError(f"{where}.nms: missing 'iou_threshold'")
+        try:
+            return read_dataclass(cls, cfg, f'{where}.nms')
+        except ValueError as err:
+            raise ValueError(f'{where}.{err}') from None
 
 
 def read_nms_recipe(cls: type[T], cfg: dict | T | None, where: str) -> T | None:
-    """A recipe dataclass with an ``iou_threshold`` field from an mmdet dict whose NMS is
-    ``nms=dict(type='nms', iou_threshold=...)``; an already-built recipe passes through."""
+    """A recipe dataclass with an ``nms: NMSConfig`` field from an mmdet dict; an already-built
+    recipe passes through."""
     if cfg is None or isinstance(cfg, cls):
         return cfg
     cfg = dict(cfg)
     nms = cfg.pop('nms', None)
     recipe = read_dataclass(cls, cfg, where)
-    return dataclasses.replace(recipe, iou_threshold=read_nms_cfg(nms, where))
+    return dataclasses.replace(recipe, nms=NMSConfig.from_cfg(nms, where))
+
+
+SIZE_FRAMES = ('input', 'original')
+
+
+def check_size_frame(frame: str, where: str) -> None:
+    if frame not in SIZE_FRAMES:
+        raise ValueError(f'{where}.size_frame must be one of {SIZE_FRAMES}, got {frame!r}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,9 +119,15 @@ class ProposalRecipe:
     ``test_cfg.rpn``)."""
     nms_pre: int = 1000          # top-scoring anchors kept per level before NMS
     max_per_img: int = 1000      # proposals kept per image after NMS
-    iou_threshold: float = 0.7   # NMS IoU threshold, per level (mmdet and torchvision alike)
+    nms: NMSConfig = NMSConfig(iou_threshold=0.7)   # per level (mmdet and torchvision alike)
     min_bbox_size: float = -1    # boxes with w or h <= this are dropped (< 0: keep all)
-    score_thr: float = 0.0       # proposals with a lower objectness are dropped
+    score_thr: float = 0.0       # proposals with a lower objectness are dropped (torchvision)
+    # the frame min_bbox_size is measured in: 'input' for proposals of a second stage (mmdet's
+    # rescale=False), 'original' for an RPN's final results (mmdet's RPN detector)
+    size_frame: str = 'input'
+
+    def __post_init__(self) -> None:
+        check_size_frame(self.size_frame, 'ProposalRecipe')
 
     @classmethod
     def from_cfg(cls, cfg: dict | ProposalRecipe | None, where: str) -> ProposalRecipe | None:
@@ -119,10 +144,11 @@ class DetectionRecipe:
     torchvision drops boxes smaller than 1e-2 px before NMS and pastes masks its own way
     (``paste_masks``: 'mmdet' or 'torchvision')."""
     score_thr: float = 0.05
-    iou_threshold: float = 0.5
+    nms: NMSConfig = NMSConfig(iou_threshold=0.5)
     max_per_img: int = 100
     mask_thr_binary: float = 0.5
-    min_bbox_size: float = -1    # boxes with w or h <= this are dropped before NMS (< 0: none)
+    # boxes with w or h <= this (network-input pixels, as torchvision) are dropped before NMS
+    min_bbox_size: float = -1    # < 0: none
     mask_paste: str = 'mmdet'
 
     def __post_init__(self) -> None:
@@ -143,8 +169,14 @@ class DenseDetectionRecipe:
     nms_pre: int = -1            # < 0: every pair above score_thr
     min_bbox_size: float = -1    # < 0: keep all
     score_thr: float = 0.0
-    iou_threshold: float = 0.5
+    nms: NMSConfig = NMSConfig(iou_threshold=0.5)
     max_per_img: int = 100
+    # mmdet measures min_bbox_size in the original image for final detections ('original');
+    # 'input' measures it in the network input
+    size_frame: str = 'original'
+
+    def __post_init__(self) -> None:
+        check_size_frame(self.size_frame, 'DenseDetectionRecipe')
 
     @classmethod
     def from_cfg(cls, cfg: dict | DenseDetectionRecipe | None, where: str

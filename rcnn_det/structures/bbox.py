@@ -72,8 +72,14 @@ def bbox_flip(boxes: Tensor, img_shape: tuple[int, int], direction: str = 'horiz
     return flipped
 
 
-def clip_boxes(boxes: Tensor, img_shape: tuple[int, int]) -> Tensor:
-    """Clamp xyxy boxes into an image of ``img_shape`` = (h, w)."""
+def clip_boxes(boxes: Tensor, img_shape: tuple[int, int] | Tensor) -> Tensor:
+    """Clamp xyxy boxes (..., 4) into an image of ``img_shape`` = (h, w), or, with a (B, 2)
+    tensor of per-image (h, w), boxes (B, ..., 4) each into their own image (mmdet's batched
+    ``max_shape``)."""
+    if isinstance(img_shape, Tensor) and img_shape.dim() == 2:
+        wh = img_shape.flip(-1).to(boxes.dtype).repeat(1, 2)                     # (B, 4)
+        return torch.minimum(boxes.clamp(min=0),
+                             wh.view(wh.shape[0], *[1] * (boxes.dim() - 2), 4))
     h, w = img_shape
     x = boxes[..., 0::2].clamp(0, w)
     y = boxes[..., 1::2].clamp(0, h)

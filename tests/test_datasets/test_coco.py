@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from pycocotools.coco import COCO
 
 from rcnn_det.datasets import CocoDataset
 from rcnn_det.datasets.transforms import LoadImageFromFile, Resize
@@ -55,15 +56,89 @@ def test_metainfo_unknown_class_is_an_error(coco_root):
         build(coco_root, metainfo=dict(classes=('dog', 'horse')))
 
 
+def kept_ids(ds: CocoDataset) -> list:
+    return [ds.get_data_info(i)['img_id'] for i in range(len(ds))]
+
+
 def test_filter_empty_gt_and_min_size(coco_root):
     assert len(build(coco_root)) == 4  # no filter_cfg: mmdet keeps everything
     kept = build(coco_root, filter_cfg=dict(filter_empty_gt=True, min_size=0))
-    # image 3 has no annotation, image 4 only a crowd region
-    assert [kept.get_data_info(i)['img_id'] for i in range(len(kept))] == [1, 2]
+    # image 3 has no annotation; image 4 only a crowd region, which counts (mmdet's cat_img_map)
+    assert kept_ids(kept) == [1, 2, 4]
     kept = build(coco_root, filter_cfg=dict(filter_empty_gt=True, min_size=25))
-    assert [kept.get_data_info(i)['img_id'] for i in range(len(kept))] == [1]
+    assert kept_ids(kept) == [1, 4]
     kept = build(coco_root, filter_cfg=dict(filter_empty_gt=False, min_size=25))
     assert [kept.get_data_info(i)['img_id'] for i in range(len(kept))] == [1, 3, 4]
+
+
+def only_crowd_and_unusable_boxes(coco: dict) -> None:
+    """Image 2's bird becomes a crowd region; image 3 gets only annotations that parsing drops
+    (zero width, height below 1 px, zero area, outside the image, NaN, mmdet's 'ignore');
+    a fifth image has only an annotation of the cat, the class left out below."""
+    coco['annotations'][2]['iscrowd'] = 1
+    unusable = [dict(bbox=[5, 5, 0, 10]), dict(bbox=[5, 5, 10, 0.5]), dict(area=0),
+                dict(bbox=[100, 100, 5, 5]), dict(bbox=[float('nan'), 5, 5, 5]),
+                dict(ignore=True)]
+    for i, change in enumerate(unusable):
+        coco['annotations'].append({**dict(id=20 + i, image_id=3, category_id=1, area=25,
+                                           bbox=[5, 5, 5, 5], iscrowd=0), **change})
+    coco['images'].append(dict(id=5, file_name='e.png', width=60, height=60))
+    coco['annotations'].append(dict(id=30, image_id=5, category_id=3, area=25, bbox=[5, 5, 5, 5],
+                                    iscrowd=0))
+
+
+def mmdet_kept_ids(coco: dict, cat_ids: list[int]) -> list[int]:
+    """Reference, mmdet's filter_empty_gt: the images with any annotation of ``cat_ids``."""
+    annotated = {ann['image_id'] for ann in coco['annotations']
+                 if ann['category_id'] in cat_ids}
+    return [img['id'] for img in coco['images'] if img['id'] in annotated]
+
+
+def test_filter_empty_gt_keeps_images_with_only_crowd_or_unusable_annotations(tmp_path):
+    coco = edited(only_crowd_and_unusable_boxes)
+    write_coco(tmp_path, coco)
+    ds = build(tmp_path, metainfo=dict(classes=('dog', 'bird')),
+               filter_cfg=dict(filter_empty_gt=True, min_size=0))
+    assert kept_ids(ds) == [1, 2, 3] == mmdet_kept_ids(coco, cat_ids=[1, 7])
+    # Image 1 has a dog; image 2 only its crowd bird; image 3 only dropped dog annotations.
+    # Images 4 and 5 hold cats only, which are not among the classes: dropped.
+    assert [inst['ignore_flag'] for inst in ds.get_data_info(1)['instances']] == [1]
+    assert ds.get_data_info(2)['instances'] == []
+    every_class = build(tmp_path, filter_cfg=dict(filter_empty_gt=True, min_size=0))
+    assert kept_ids(every_class) == [1, 2, 3, 4, 5] == mmdet_kept_ids(coco, cat_ids=[1, 3, 7])
+
+
+def test_cat_img_map_is_pycocotools_cat_to_imgs(tmp_path):
+    coco = edited(only_crowd_and_unusable_boxes)
+    write_coco(tmp_path, coco)
+    ds = build(tmp_path)
+    assert ds.cat_img_map == {1: [1, 3, 3, 3, 3, 3, 3], 3: [1, 4, 5], 7: [2]}
+    assert ds.cat_img_map == dict(COCO(str(tmp_path / 'ann.json')).catToImgs)
+
+
+def test_filter_empty_gt_warns_about_skipped_boxes_of_kept_images(tmp_path, monkeypatch):
+    coco = edited(only_crowd_and_unusable_boxes)
+    write_coco(tmp_path, coco)
+    logged = []
+    monkeypatch.setattr('rcnn_det.datasets.coco.print_log',
+                        lambda msg, logger=None, level=None: logged.append((msg, level)))
+    ds = build(tmp_path, filter_cfg=dict(filter_empty_gt=True, min_size=0))
+    assert len(ds) == 5 and len(logged) == 1
+    msg, level = logged[0]
+    assert level == 30 and 'skipped 5 annotation(s)' in msg  # the 'ignore' one is not a skip
+    assert "annotation 24 (image 3 'c.png'): bbox [nan, 5, 5, 5] has a non-finite" in msg
+
+
+def test_image_kept_for_a_crowd_region_goes_through_the_pipeline(coco_root):
+    pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', with_mask=True),
+                dict(type='PackDetInputs')]
+    ds = build(coco_root, pipeline=pipeline, filter_cfg=dict(filter_empty_gt=True, min_size=0))
+    assert kept_ids(ds) == [1, 2, 4]
+    packed = ds[2]  # image 4: one crowd cat, no training box
+    sample = packed['data_samples']
+    assert sample.img_id == 4 and len(sample.gt_instances) == 0
+    assert len(sample.ignored_instances) == 1
+    assert sample.gt_instances.bboxes.shape == (0, 4)
 
 
 def test_test_mode_keeps_empty_images(coco_root):
@@ -198,11 +273,11 @@ def test_many_skips_are_aggregated(tmp_path, monkeypatch):
 @pytest.mark.parametrize('metainfo, filter_cfg, counts', [
     (None, dict(filter_empty_gt=True, min_size=100000),
      '4 removed by filter_cfg min_size=100000 (shorter side below it), '
-     '0 by filter_empty_gt (no non-crowd box)'),
-    # image 2 (50x20) is too small; 1 has no bird, 3 no box, 4 only a crowd region
+     '0 by filter_empty_gt (no annotation of the classes)'),
+    # image 2 (50x20) is too small; 1 and 4 have no bird (only a dog and cats), 3 nothing
     (dict(classes=('bird',)), dict(filter_empty_gt=True, min_size=25),
      '1 removed by filter_cfg min_size=25 (shorter side below it), '
-     '3 by filter_empty_gt (no non-crowd box)'),
+     '3 by filter_empty_gt (no annotation of the classes)'),
     (None, dict(filter_empty_gt=False, min_size=61),
      '4 removed by filter_cfg min_size=61 (shorter side below it), 0 by filter_empty_gt (off)'),
 ])

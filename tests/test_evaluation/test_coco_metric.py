@@ -95,9 +95,26 @@ def test_shifted_box_gives_hand_computed_ap(ann_file):
     assert results['coco/bbox_mAP_50'] == 1.0
     assert results['coco/bbox_mAP_75'] == 0.5
     assert results['coco/bbox_mAP_l'] == pytest.approx(0.2)   # the cat is the only large object
-    assert results['coco/bbox_cat_precision'] == pytest.approx(0.2)
-    assert results['coco/bbox_dog_precision'] == 1.0
-    assert np.isnan(results['coco/bbox_bird_precision'])
+    # mmdet 3.x's per-class keys: f'{class name}_precision', the metric is not in them.
+    assert results['coco/cat_precision'] == pytest.approx(0.2)
+    assert results['coco/dog_precision'] == 1.0
+    assert np.isnan(results['coco/bird_precision'])
+    assert set(results) == ({f'coco/bbox_{k}' for k in
+                             ('mAP', 'mAP_50', 'mAP_75', 'mAP_s', 'mAP_m', 'mAP_l')}
+                            | {f'coco/{name}_precision' for name in CLASSES})
+
+
+def test_classwise_keys_are_shared_by_bbox_and_segm(ann_file):
+    # The segm masks are perfect, the cat's box is shifted (box AP 0.2): segm, evaluated after
+    # bbox, writes the same per-class keys last, as in mmdet.
+    shifted = [10, 10, 110, 68]
+    metric = CocoMetric(ann_file=ann_file, metric=['bbox', 'segm'], classwise=True)
+    results = evaluate(metric, [sample(1, [shifted], [0], masks=box_mask(CAT_BOX)[None]),
+                                sample(2, [DOG_BOX], [1], masks=box_mask(DOG_BOX)[None])])
+    assert results['coco/bbox_mAP'] == pytest.approx(0.6)
+    assert results['coco/segm_mAP'] == 1.0
+    assert results['coco/cat_precision'] == 1.0 and results['coco/dog_precision'] == 1.0
+    assert not any(key.startswith(('coco/bbox_cat', 'coco/segm_cat')) for key in results)
 
 
 def test_labels_map_to_category_ids_by_class_name(ann_file, tmp_path):
@@ -113,13 +130,51 @@ def test_labels_map_to_category_ids_by_class_name(ann_file, tmp_path):
     assert len(dt.getAnnIds()) == 3
 
 
-def test_images_without_predictions_and_empty_results(ann_file):
+def capture_logs(level: int = logging.INFO) -> tuple[list, logging.Handler]:
+    """(records, handler) with the handler attached to mmengine's current logger."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(level)
+    handler.emit = records.append
+    MMLogger.get_current_instance().addHandler(handler)
+    return records, handler
+
+
+def test_images_without_predictions(ann_file):
     results = evaluate(CocoMetric(ann_file=ann_file),
                        [sample(1, [CAT_BOX], [0]), sample(2, [], [])])
     assert results['coco/bbox_mAP'] == 0.5  # the cat is found, the dog missed
-    empty = evaluate(CocoMetric(ann_file=ann_file), [sample(1, [], []), sample(2, [], [])])
-    assert empty['coco/bbox_mAP'] == 0.0
-    assert empty['coco/bbox_mAP_s'] == -1.0
+
+
+@pytest.mark.parametrize('metrics', [['bbox'], ['proposal'], ['bbox', 'segm'],
+                                     ['segm', 'bbox', 'proposal']])
+def test_no_detection_in_the_whole_dataset_logs_an_error_and_returns(ann_file, metrics):
+    """mmdet logs 'The testing results of the whole dataset is empty.' and stops evaluating."""
+    masks = torch.zeros(0, 150, 200, dtype=torch.bool) if 'segm' in metrics else None
+    records, handler = capture_logs()
+    try:
+        results = evaluate(CocoMetric(ann_file=ann_file, metric=metrics, classwise=True),
+                           [sample(1, [], [], masks=masks), sample(2, [], [], masks=masks)])
+    finally:
+        MMLogger.get_current_instance().removeHandler(handler)
+    assert results == {}
+    errors = [r.getMessage() for r in records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert errors[0].startswith('The testing results of the whole dataset is empty.')
+    assert all('Average Precision' not in r.getMessage() for r in records)  # nothing evaluated
+
+
+def test_empty_later_metric_keeps_the_earlier_numbers(ann_file):
+    # Image 1 predicts (no) masks, image 2 a box without masks: bbox is evaluated, segm has no
+    # result at all, so it is skipped with the error, and bbox's numbers are returned.
+    records, handler = capture_logs(logging.ERROR)
+    try:
+        results = evaluate(CocoMetric(ann_file=ann_file, metric=['bbox', 'segm']),
+                           [sample(1, [], [], masks=torch.zeros(0, 150, 200, dtype=torch.bool)),
+                            sample(2, [DOG_BOX], [1])])
+    finally:
+        MMLogger.get_current_instance().removeHandler(handler)
+    assert results['coco/bbox_mAP'] == 0.5 and 'coco/segm_mAP' not in results
+    assert len(records) == 1 and 'whole dataset is empty' in records[0].getMessage()
 
 
 def test_segm_with_gt_masks_gives_one_and_keeps_only_rle(ann_file):
@@ -145,16 +200,12 @@ def test_gt_from_samples_without_ann_file():
 
 
 def test_summary_is_logged(ann_file):
-    records: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: records.append(record.getMessage())
-    logger = MMLogger.get_current_instance()
-    logger.addHandler(handler)
+    records, handler = capture_logs()
     try:
         evaluate(CocoMetric(ann_file=ann_file), [sample(1, [CAT_BOX], [0])])
     finally:
-        logger.removeHandler(handler)
-    summary = '\n'.join(records)
+        MMLogger.get_current_instance().removeHandler(handler)
+    summary = '\n'.join(record.getMessage() for record in records)
     assert summary.count('Average Precision') == 6 and summary.count('Average Recall') == 6
 
 

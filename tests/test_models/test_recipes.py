@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 from mmengine.config import ConfigDict
 
-from rcnn_det.models.recipes import (DetectionRecipe, ProposalRecipe, RecipeReader,
-                                     build_or_pass, read_nms_cfg)
+from rcnn_det.models.recipes import (DetectionRecipe, NMSConfig, ProposalRecipe, RecipeReader,
+                                     build_or_pass)
 from rcnn_det.models.task_modules import MaxIoUAssigner
 from rcnn_det.registry import TASK_UTILS
 
@@ -19,8 +19,9 @@ RCNN_TEST = dict(score_thr=0.05, nms=dict(type='nms', iou_threshold=0.5), max_pe
 
 def test_proposal_recipe_from_mmdet_dict():
     recipe = ProposalRecipe.from_cfg(RPN_PROPOSAL, 'train_cfg.rpn_proposal')
-    assert recipe == ProposalRecipe(nms_pre=2000, max_per_img=1000, iou_threshold=0.7,
-                                    min_bbox_size=0, score_thr=0.0)
+    assert recipe == ProposalRecipe(nms_pre=2000, max_per_img=1000,
+                                    nms=NMSConfig(iou_threshold=0.7), min_bbox_size=0,
+                                    score_thr=0.0)
     assert ProposalRecipe.from_cfg(ConfigDict(RPN_PROPOSAL), 'x') == recipe
     assert ProposalRecipe.from_cfg(None, 'x') is None
     assert ProposalRecipe.from_cfg(recipe, 'x') is recipe
@@ -32,7 +33,7 @@ def test_proposal_recipe_from_mmdet_dict():
 
 def test_detection_recipe_from_mmdet_dict():
     recipe = DetectionRecipe.from_cfg(RCNN_TEST, 'test_cfg.rcnn')
-    assert (recipe.score_thr, recipe.iou_threshold, recipe.max_per_img) == (0.05, 0.5, 100)
+    assert (recipe.score_thr, recipe.nms.iou_threshold, recipe.max_per_img) == (0.05, 0.5, 100)
     with_mask = DetectionRecipe.from_cfg(dict(RCNN_TEST, mask_thr_binary=0.4), 'x')
     assert with_mask.mask_thr_binary == 0.4
 
@@ -66,11 +67,14 @@ def test_mmdet2_keys_and_nms_errors():
         DetectionRecipe.from_cfg(dict(RCNN_TEST, nms=dict(type='soft_nms', iou_threshold=0.5)),
                                  'x')
     with pytest.raises(KeyError, match="nms: unknown key 'iou_thresh'; did you mean 'iou_thr"):
-        read_nms_cfg(dict(type='nms', iou_threshold=0.5, iou_thresh=0.6), 'test_cfg.rcnn')
+        NMSConfig.from_cfg(dict(type='nms', iou_threshold=0.5, iou_thresh=0.6), 'test_cfg.rcnn')
     with pytest.raises(KeyError, match="test_cfg.rcnn.nms: missing 'iou_threshold'"):
-        read_nms_cfg(dict(type='nms', iou_thresh=0.5), 'test_cfg.rcnn')
+        NMSConfig.from_cfg(dict(type='nms', iou_thresh=0.5), 'test_cfg.rcnn')
     # mmcv's split_thr is accepted and dropped
-    assert read_nms_cfg(dict(type='nms', iou_threshold=0.6, split_thr=10000), 'x') == 0.6
+    assert NMSConfig.from_cfg(dict(type='nms', iou_threshold=0.6, split_thr=10000),
+                              'x') == NMSConfig(iou_threshold=0.6)
+    with pytest.raises(ValueError, match="size_frame must be one of"):
+        ProposalRecipe(size_frame='resized')
 
 
 def test_recipe_reader_pop_build_and_reject_rest():

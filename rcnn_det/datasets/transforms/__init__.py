@@ -4,9 +4,9 @@ from .formatting import PackDetInputs, image_to_tensor
 from .loading import (LoadAnnotations, LoadImageFromFile, LoadImageFromNDArray,
                       is_valid_segmentation, segmentation_to_mask)
 from .transforms import (Pad, RandomCrop, RandomFlip, Resize, TorchvisionResize, flip_masks,
-                         mask_tight_boxes, pad_masks, resize_masks)
+                         mask_tight_boxes, nearest_source_indices, pad_masks, resize_masks)
 
 __all__ = ['LoadAnnotations', 'LoadImageFromFile', 'LoadImageFromNDArray', 'PackDetInputs', 'Pad',
            'RandomCrop', 'RandomFlip', 'Resize', 'TorchvisionResize', 'flip_masks',
-           'image_to_tensor', 'is_valid_segmentation', 'mask_tight_boxes', 'pad_masks',
-           'resize_masks', 'segmentation_to_mask']
+           'image_to_tensor', 'is_valid_segmentation', 'mask_tight_boxes', 'nearest_source_indices',
+           'pad_masks', 'resize_masks', 'segmentation_to_mask']

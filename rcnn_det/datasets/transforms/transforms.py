@@ -23,17 +23,33 @@ from mmcv.transforms.utils import cache_randomness
 from rcnn_det.registry import TRANSFORMS
 
 
-def resize_masks(masks: np.ndarray, out_shape: tuple[int, int]) -> np.ndarray:
-    """(N, H, W) -> (N, h, w) by nearest neighbour at pixel centres.
+def nearest_source_indices(in_size: int, out_size: int) -> np.ndarray:
+    """(out_size,) int64: the input pixel that cv2's INTER_NEAREST copies to each output pixel.
 
-    Output pixel i samples input pixel floor((i + 0.5) * H / h): the same centre alignment as
-    cv2's bilinear image resize, so masks stay on the image (cv2's INTER_NEAREST, which mmdet
-    uses, samples floor(i * H / h) and drifts up to one pixel towards the origin).
+    Output pixel i reads input pixel floor(i * (1 / (out_size / in_size))), clamped to the last
+    one, computed in float64 in exactly this order, as OpenCV's ``resizeNN`` does (its scale is
+    ``1. / fx`` with ``fx = out_size / in_size``). The order matters: the exact rational
+    floor(i * in_size / out_size) differs from cv2 where i * in_size / out_size is an integer
+    that float64 lands just below (e.g. 2 -> 98 px: i = 49 gives 0.999..., so pixel 0, not 1).
+    """
+    inv_scale = 1.0 / (out_size / in_size)
+    sources = np.floor(np.arange(out_size) * inv_scale).astype(np.int64)
+    return np.minimum(sources, in_size - 1)
+
+
+def resize_masks(masks: np.ndarray, out_shape: tuple[int, int]) -> np.ndarray:
+    """(N, H, W) -> (N, h, w) by nearest neighbour, pixel for pixel as mmdet's masks.
+
+    Output pixel (i, j) copies input pixel (floor(i * H / h), floor(j * W / w)) (float64, see
+    ``nearest_source_indices``): cv2's INTER_NEAREST, which mmdet's ``BitmapMasks.resize`` and
+    ``rescale`` use through mmcv's ``imresize(interpolation='nearest')``. This samples each
+    output pixel's top-left corner, not its centre, so a mask drifts by up to one input pixel
+    towards the origin relative to the bilinearly resized image; mmdet trains with that drift.
     """
     _, height, width = masks.shape
     out_h, out_w = out_shape
-    rows = np.minimum(((np.arange(out_h) + 0.5) * height / out_h).astype(np.int64), height - 1)
-    cols = np.minimum(((np.arange(out_w) + 0.5) * width / out_w).astype(np.int64), width - 1)
+    rows = nearest_source_indices(height, out_h)                      # (h,)
+    cols = nearest_source_indices(width, out_w)                       # (w,)
     return masks[:, rows[:, None], cols[None, :]]
 
 
@@ -69,7 +85,8 @@ def mask_tight_boxes(masks: np.ndarray) -> np.ndarray:
 
 @TRANSFORMS.register_module()
 class Resize(MMCVResize):
-    """mmcv's ``Resize`` (same arguments) that also resizes ``gt_masks`` (N, H, W).
+    """mmcv's ``Resize`` (same arguments) that also resizes ``gt_masks`` (N, H, W) to
+    ``img_shape`` with ``resize_masks`` (cv2's INTER_NEAREST, pixel for pixel mmdet's masks).
 
     Sets ``img_shape`` (h, w), ``scale`` and ``scale_factor`` = (w_scale, h_scale), mmdet's
     order. ``gt_bboxes`` (N, 4) xyxy are multiplied by the scale factor, stay float32, and are

@@ -9,11 +9,16 @@ process() keeps, per image, only small CPU data (mmengine pickles it across rank
 compute_metrics() -> {'bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_75', 'bbox_mAP_s', 'bbox_mAP_m',
 'bbox_mAP_l'} (and 'segm_*'); mmengine prefixes the keys with 'coco/'. Values are COCOeval's
 stats rounded to 3 decimals; -1 where COCO has no ground truth (e.g. no small objects).
+classwise adds '{class name}_precision' (AP of the class, NaN without ground truth) per class,
+without the metric in the key, as mmdet 3.x: with 'bbox' and 'segm' the later one's values win.
+When a metric has no detection in the whole test set, mmdet logs an error and stops evaluating
+(that metric and the ones after it); so does this metric: their keys are then absent.
 """
 from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os.path as osp
 from collections.abc import Sequence
 
@@ -40,6 +45,7 @@ COCO_STAT_INDEX = {
 AP_ITEMS = ('mAP', 'mAP_50', 'mAP_75', 'mAP_s', 'mAP_m', 'mAP_l')
 AR_ITEMS = ('AR@100', 'AR@300', 'AR@1000', 'AR_s@1000', 'AR_m@1000', 'AR_l@1000')
 ALLOWED_METRICS = ('bbox', 'segm', 'proposal')
+EMPTY_RESULTS_MESSAGE = 'The testing results of the whole dataset is empty.'  # mmdet's words
 
 
 def quiet_coco(dataset: dict) -> COCO:
@@ -132,10 +138,7 @@ def gt_to_coco_dataset(gts: Sequence[dict], classes: Sequence[str]) -> dict:
 
 
 def load_results(coco_gt: COCO, anns: list[dict]) -> COCO:
-    """pycocotools' loadRes, quiet, and an empty result set instead of its IndexError."""
-    if not anns:
-        return quiet_coco(dict(images=coco_gt.dataset['images'], annotations=[],
-                               categories=coco_gt.dataset.get('categories', [])))
+    """pycocotools' loadRes without its prints; ``anns`` must not be empty (IndexError)."""
     with contextlib.redirect_stdout(io.StringIO()):
         return coco_gt.loadRes(anns)
 
@@ -170,7 +173,8 @@ class CocoMetric(BaseMetric):
         ann_file: COCO gt json. None: built from each sample's raw ``instances`` (the dataset
             must put them in the data sample) with category id = label.
         metric: 'bbox', 'segm', 'proposal' (class-agnostic AR) or a list of them.
-        classwise: also log a per-class AP table and return ``{metric}_{class}_precision``.
+        classwise: also log a per-class AP table and return ``{class}_precision`` (mmdet's
+            key: no metric in it, so 'segm' overwrites 'bbox').
         proposal_nums: COCOeval maxDets (AP uses the third, as mmdet).
         iou_thrs: IoU thresholds; None = 0.50:0.05:0.95.
         metric_items: names of COCO_STAT_INDEX to return; None = the six AP (AR for proposal).
@@ -281,10 +285,17 @@ class CocoMetric(BaseMetric):
         if self.format_only:
             return {}
         eval_results: dict[str, float] = {}
-        for metric in self.metrics:
+        for i, metric in enumerate(self.metrics):
             if result_jsons[metric] is None:
                 raise KeyError(f"CocoMetric: metric '{metric}' needs pred_instances.masks, "
                                'which the model did not predict.')
+            if not result_jsons[metric]:
+                # mmdet (CocoMetric.compute_metrics) catches loadRes' IndexError on an empty
+                # list, logs this error and breaks: no number for this metric or the later ones.
+                print_log(f'{EMPTY_RESULTS_MESSAGE} CocoMetric: no {metric} detection in '
+                          f'{len(preds)} images; not evaluated: {self.metrics[i:]}.',
+                          logger='current', level=logging.ERROR)
+                break
             eval_results.update(self._evaluate(metric, coco_gt, result_jsons[metric], cat_ids,
                                                img_ids))
         return eval_results
@@ -335,6 +346,5 @@ class CocoMetric(BaseMetric):
             lines = [f'{name[:20]:<20}' + ''.join(f'{v:>9.3f}' for v in values)
                      for name, values in rows]
             print_log('\n' + '\n'.join([header] + lines), logger='current')
-            out.update({f'{metric}_{name}_precision': round(values[0], 3)
-                        for name, values in rows})
+            out.update({f'{name}_precision': round(values[0], 3) for name, values in rows})
         return out

@@ -7,22 +7,24 @@ D detections of one image.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 from mmcv.cnn import ConvModule, Scale
 from mmengine.structures import InstanceData
 from torch import Tensor
-from torchvision.ops import batched_nms
 
 from rcnn_det.registry import MODELS, TASK_UTILS
-from rcnn_det.structures import SampleList, scale_boxes, unpack_gt_instances
+from rcnn_det.structures import SampleList, unpack_gt_instances
 
+from ..post_processing import (Candidates, filter_scores_and_topk, select_detections,
+                               size_scales)
 from ..recipes import DenseDetectionRecipe, build_or_pass
-from ..task_modules.anchor_targets import AnchorTargets, anchor_targets, read_anchor_train_cfg
-from ..task_modules.samplers import PseudoSampler
+from ..task_modules.anchor_targets import AnchorTargets, AnchorTrainRecipe, anchor_targets
 from ..utils import reduce_mean
 from .base_dense_head import BaseDenseHead
-from .rpn_head import clip_to_shapes, flatten_levels
+from .rpn_head import flatten_levels
 
 DEFAULT_ATSS_ANCHORS = dict(type='AnchorGenerator', ratios=[1.0], octave_base_scale=8,
                             scales_per_octave=1, strides=[8, 16, 32, 64, 128])
@@ -34,6 +36,14 @@ DEFAULT_GIOU_LOSS = dict(type='GIoULoss', loss_weight=2.0)
 DEFAULT_CENTERNESS_LOSS = dict(type='CrossEntropyLoss', use_sigmoid=True, loss_weight=1.0)
 DEFAULT_ATSS_INIT = dict(type='Normal', layer='Conv2d', std=0.01,
                          override=dict(type='Normal', name='atss_cls', std=0.01, bias_prob=0.01))
+
+
+@dataclass
+class ATSSLossOutput:
+    """``ATSSHead.loss_and_targets``: the losses and what they were computed from."""
+    losses: dict            # loss_cls, loss_bbox, loss_centerness: L per-level terms each
+    anchors: Tensor         # (N, 4) every anchor of every level, as the maps flatten
+    targets: AnchorTargets  # per image (B, N, ...)
 
 
 def centerness_target(anchors: Tensor, gt_bboxes: Tensor) -> Tensor:
@@ -67,8 +77,8 @@ class ATSSHead(BaseDenseHead):
         bbox_preds:   L maps (B, A * 4, H_l, W_l)  offsets from the anchors
         centernesses: L maps (B, A, H_l, W_l)
     loss(...) -> dict(loss_cls, loss_bbox, loss_centerness), each a list of L scalars
-    predict(...) -> B x InstanceData(bboxes (D, 4), scores (D,), labels (D,)); scores are
-        class probability times centerness.
+    predict(...) -> B x InstanceData(bboxes (D, 4) in the network input's frame, scores (D,),
+        labels (D,)); scores are class probability times centerness.
     """
 
     def __init__(self, num_classes: int, in_channels: int, pred_kernel_size: int = 3,
@@ -110,12 +120,7 @@ class ATSSHead(BaseDenseHead):
                                          padding=pad)
         self.scales = nn.ModuleList(Scale(1.0) for _ in self.prior_generator.strides)
 
-        self.assigner, self.sampler, self.pos_weight = read_anchor_train_cfg(
-            train_cfg, 'bbox_head.train_cfg')
-        if self.sampler is not None and not isinstance(self.sampler, PseudoSampler):
-            raise ValueError('ATSSHead trains on every assigned anchor: give no sampler '
-                             "(or dict(type='PseudoSampler'))")
-        self.sampler = None  # every positive and negative, normalised by the positives
+        self.train_recipe = AnchorTrainRecipe.from_cfg(train_cfg, 'bbox_head.train_cfg')
         self.test_recipe = DenseDetectionRecipe.from_cfg(test_cfg, 'bbox_head.test_cfg')
 
     def forward(self, x: tuple[Tensor, ...]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
@@ -136,23 +141,14 @@ class ATSSHead(BaseDenseHead):
     def loss(self, x: tuple[Tensor, ...], batch_data_samples: SampleList) -> dict:
         return self.loss_by_feat(*self(x), batch_data_samples)
 
-    def loss_and_predict(self, x: tuple[Tensor, ...], batch_data_samples: SampleList,
-                         proposal_cfg=None) -> tuple[dict, list[InstanceData]]:
-        outs = self(x)
-        losses = self.loss_by_feat(*outs, batch_data_samples)
-        recipe = DenseDetectionRecipe.from_cfg(proposal_cfg, 'proposal_cfg') or self.test_recipe
-        metas = [s.metainfo for s in batch_data_samples]
-        return losses, self.predict_by_feat(*[[o.detach() for o in out] for out in outs], metas,
-                                            recipe)
-
     def loss_by_feat(self, cls_scores: list[Tensor], bbox_preds: list[Tensor],
                      centernesses: list[Tensor], batch_data_samples: SampleList) -> dict:
         return self.loss_and_targets(cls_scores, bbox_preds, centernesses,
-                                     batch_data_samples)[0]
+                                     batch_data_samples).losses
 
     def loss_and_targets(self, cls_scores: list[Tensor], bbox_preds: list[Tensor],
                          centernesses: list[Tensor], batch_data_samples: SampleList
-                         ) -> tuple[dict, Tensor, AnchorTargets]:
+                         ) -> ATSSLossOutput:
         """The losses, the anchors of every level (N, 4) and their targets.
 
         mmdet's ATSS losses, one term per level:
@@ -162,7 +158,7 @@ class ATSSHead(BaseDenseHead):
             / the sum of those targets over the batch;
         loss_centerness: BCE of the centerness logit vs its target / number of positives.
         """
-        if self.assigner is None:
+        if self.train_recipe is None:
             raise RuntimeError('ATSSHead.loss needs a train_cfg with an assigner')
         gts, gts_ignore, metas = unpack_gt_instances(batch_data_samples)
         featmap_sizes = [tuple(c.shape[-2:]) for c in cls_scores]
@@ -172,15 +168,15 @@ class ATSSHead(BaseDenseHead):
             torch.cat(self.prior_generator.valid_flags(featmap_sizes, meta.get(
                 'pad_shape', meta['batch_input_shape']), device)) for meta in metas])
         level_sizes = [h * w * self.num_base_priors for h, w in featmap_sizes]
-        targets = anchor_targets(anchors, valid, gts, gts_ignore, self.assigner, None,
-                                 self.bbox_coder, self.num_classes, self.pos_weight,
-                                 self.reg_decoded_bbox, level_sizes=level_sizes)
+        targets = anchor_targets(anchors, valid, gts, gts_ignore, self.train_recipe,
+                                 self.bbox_coder, self.num_classes, self.reg_decoded_bbox,
+                                 level_sizes=level_sizes)
         num_images = len(gts)
-        cls = flatten_levels(cls_scores, self.num_classes)                # (B, N, C)
+        logits = flatten_levels(cls_scores, self.num_classes)             # (B, N, C)
         deltas = flatten_levels(bbox_preds, 4)                           # (B, N, 4)
         center = flatten_levels(centernesses, 1)[..., 0]                 # (B, N)
         avg_factor = reduce_mean(targets.avg_factor, device)             # positives, >= 1
-        loss_cls = self.loss_cls(cls.reshape(-1, self.num_classes), targets.labels.reshape(-1),
+        loss_cls = self.loss_cls(logits.reshape(-1, self.num_classes), targets.labels.reshape(-1),
                                  targets.label_weights.reshape(-1), reduction_override='none')
         loss_cls = loss_cls.reshape(num_images, -1, self.num_classes).sum(-1)   # (B, N)
         pos = (targets.labels >= 0) & (targets.labels < self.num_classes)     # (B, N)
@@ -202,64 +198,49 @@ class ATSSHead(BaseDenseHead):
             loss_cls=[part.sum() / avg_factor for part in loss_cls.split(level_sizes, 1)],
             loss_bbox=level_sums(loss_bbox, pos_levels, num_levels, bbox_norm, deltas),
             loss_centerness=level_sums(loss_center, pos_levels, num_levels, avg_factor, center))
-        return losses, anchors, targets
+        return ATSSLossOutput(losses, anchors, targets)
 
     # ---- inference ------------------------------------------------------------------------
 
-    def predict(self, x: tuple[Tensor, ...], batch_data_samples: SampleList,
-                rescale: bool = False) -> list[InstanceData]:
+    def predict(self, x: tuple[Tensor, ...], batch_data_samples: SampleList
+                ) -> list[InstanceData]:
         if self.test_recipe is None:
             raise RuntimeError('ATSSHead.predict needs a test_cfg (nms_pre, score_thr, nms, '
                                'max_per_img)')
         metas = [s.metainfo for s in batch_data_samples]
-        return self.predict_by_feat(*self(x), metas, self.test_recipe, rescale)
+        return self.predict_by_feat(*self(x), metas, self.test_recipe)
 
     def predict_by_feat(self, cls_scores: list[Tensor], bbox_preds: list[Tensor],
                         centernesses: list[Tensor], batch_img_metas: list[dict],
-                        recipe: DenseDetectionRecipe, rescale: bool = False
-                        ) -> list[InstanceData]:
-        """Per image: per level the ``nms_pre`` best (anchor, class) pairs above
-        ``score_thr``, decode and clip, score x centerness, drop small boxes, per-class NMS."""
+                        recipe: DenseDetectionRecipe) -> list[InstanceData]:
+        """Per image and level the ``nms_pre`` best (anchor, class) pairs above ``score_thr``,
+        decoded and clipped, scored class probability x centerness; then one
+        ``select_detections`` for the batch (per-class NMS, ``max_per_img`` per image)."""
         device = cls_scores[0].device
         anchors = self.prior_generator.grid_priors([tuple(c.shape[-2:]) for c in cls_scores],
                                                    device=device)
-        cls = [flatten_levels([c], self.num_classes).sigmoid() for c in cls_scores]
+        probs = [flatten_levels([c], self.num_classes).sigmoid() for c in cls_scores]
         deltas = [flatten_levels([b], 4) for b in bbox_preds]
         center = [flatten_levels([c], 1)[..., 0].sigmoid() for c in centernesses]
-        results = []
+        priors, offsets, scores, labels, image_ids, img_shapes = [], [], [], [], [], []
         for i, meta in enumerate(batch_img_metas):
-            # per level: (anchor index, label, class probability) of the best pairs
-            picks = [self.top_pairs(c[i], recipe) for c in cls]
-            priors = torch.cat([a[idx] for a, (idx, _, _) in zip(anchors, picks)])
-            offsets = torch.cat([d[i][idx] for d, (idx, _, _) in zip(deltas, picks)])
-            img_shape = torch.tensor([meta['img_shape'][:2]], device=device)
-            boxes = clip_to_shapes(self.bbox_coder.decode(priors, offsets)[None], img_shape)[0]
-            scores = torch.cat([prob * c[i][idx] for c, (idx, _, prob) in zip(center, picks)])
-            labels = torch.cat([label for _, label, _ in picks])
-            if rescale:
-                sx, sy = meta['scale_factor']
-                boxes = scale_boxes(boxes, (1 / sx, 1 / sy))
-            results.append(self.nms(boxes, scores, labels, recipe))
-        return results
-
-    @staticmethod
-    def top_pairs(scores: Tensor, recipe: DenseDetectionRecipe) -> tuple[Tensor, Tensor, Tensor]:
-        """(N_l, C) probabilities -> (anchor index, label, score) of the best pairs above
-        ``score_thr``, at most ``nms_pre``, best first (mmdet's filter_scores_and_topk)."""
-        keep = scores > recipe.score_thr
-        values = scores[keep]
-        idx = keep.nonzero()                                             # (M, 2)
-        k = values.numel() if recipe.nms_pre < 0 else min(recipe.nms_pre, values.numel())
-        values, order = values.sort(descending=True)
-        idx = idx[order[:k]]
-        return idx[:, 0], idx[:, 1], values[:k]
-
-    @staticmethod
-    def nms(boxes: Tensor, scores: Tensor, labels: Tensor,
-            recipe: DenseDetectionRecipe) -> InstanceData:
-        if recipe.min_bbox_size >= 0:
-            wh = boxes[:, 2:] - boxes[:, :2]
-            keep = (wh > recipe.min_bbox_size).all(1)
-            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        kept = batched_nms(boxes, scores, labels, recipe.iou_threshold)[:recipe.max_per_img]
-        return InstanceData(bboxes=boxes[kept], scores=scores[kept], labels=labels[kept])
+            for level_anchors, p, d, c in zip(anchors, probs, deltas, center):
+                values, idx, level_labels = filter_scores_and_topk(p[i], recipe.score_thr,
+                                                                   recipe.nms_pre)
+                priors.append(level_anchors[idx])
+                offsets.append(d[i][idx])
+                scores.append(values * c[i][idx])
+                labels.append(level_labels)
+                image_ids.append(torch.full_like(idx, i))
+            img_shapes.append(meta['img_shape'][:2])
+        image_ids = torch.cat(image_ids)
+        shapes = torch.tensor(img_shapes, device=device)[image_ids]      # (M, 2)
+        boxes = self.bbox_coder.decode(torch.cat(priors), torch.cat(offsets), max_shape=shapes)
+        labels = torch.cat(labels)
+        candidates = Candidates(boxes=boxes, scores=torch.cat(scores), labels=labels,
+                                image_ids=image_ids, groups=labels, num_groups=self.num_classes)
+        original = (size_scales(batch_img_metas, device) if recipe.size_frame == 'original'
+                    else None)
+        return select_detections(candidates, len(batch_img_metas), recipe.nms,
+                                 recipe.max_per_img, recipe.min_bbox_size,
+                                 original_scales=original)

@@ -14,9 +14,8 @@ class BaseDenseHead(BaseModule, metaclass=ABCMeta):
     """mmdetection's dense-head interface; holds no algorithm.
 
     loss(x, batch_data_samples) -> dict of losses
-    predict(x, batch_data_samples, rescale) -> list of InstanceData, one per image
-    loss_and_predict(x, batch_data_samples, proposal_cfg) -> (losses, predictions), sharing one
-        forward pass (the RPN in training).
+    predict(x, batch_data_samples) -> list of InstanceData, one per image, boxes in the network
+        input's frame (the detector converts them to the original image)
     """
 
     @abstractmethod
@@ -24,11 +23,6 @@ class BaseDenseHead(BaseModule, metaclass=ABCMeta):
         ...
 
     @abstractmethod
-    def predict(self, x: tuple[Tensor, ...], batch_data_samples: SampleList,
-                rescale: bool = False) -> list[InstanceData]:
-        ...
-
-    @abstractmethod
-    def loss_and_predict(self, x: tuple[Tensor, ...], batch_data_samples: SampleList,
-                         proposal_cfg=None) -> tuple[dict, list[InstanceData]]:
+    def predict(self, x: tuple[Tensor, ...], batch_data_samples: SampleList
+                ) -> list[InstanceData]:
         ...

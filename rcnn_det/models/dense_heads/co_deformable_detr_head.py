@@ -14,7 +14,7 @@ from torch import Tensor
 from rcnn_det.registry import MODELS
 from rcnn_det.structures import SampleList, bbox_xyxy_to_cxcywh
 
-from ..utils import AuxPositives
+from ..auxiliary_heads import AuxPositives
 from .deformable_detr_head import DeformableDETRHead, image_factors, image_masks
 
 MIN_POS_QUERIES = 9   # the official lower bound on positive queries per image
@@ -24,11 +24,13 @@ MIN_POS_QUERIES = 9   # the official lower bound on positive queries per image
 class CoDeformDETRHead(DeformableDETRHead):
     """DeformableDETRHead plus:
 
-    forward(...) -> (cls_scores, bbox_preds, enc_cls, enc_boxes, x5): x5 is the encoder memory
-        as L maps (B, E, H_l, W_l) and one more, ``downsample`` of the coarsest (stride x2);
-        the auxiliary heads train on x5, so their losses reach the encoder and backbone.
-    loss(x, samples) -> (the one-to-one losses, x5)
-    loss_aux(x5, positives, head_idx, samples) -> the decoder's losses on an auxiliary head's
+    forward(...) -> (cls_scores, bbox_preds, enc_cls, enc_boxes, memory_maps): the encoder
+        memory as L maps (B, E, H_l, W_l) and one more, ``downsample`` of the coarsest (stride
+        x2); the auxiliary heads train on these maps, so their losses reach the encoder and
+        backbone.
+    loss(x, samples) -> the one-to-one losses (``loss_by_feat`` of the first four outputs)
+    loss_aux(memory_maps, positives, head_idx, samples) -> the decoder's losses on an
+        auxiliary head's
         positives: ``loss_cls_aux``, ``loss_bbox_aux``, ``loss_iou_aux`` (last layer) and
         ``d{k}.loss_*_aux``, each x ``lambda_1``; no matching, the auxiliary assignment is the
         target.
@@ -58,21 +60,24 @@ class CoDeformDETRHead(DeformableDETRHead):
         maps = enc.maps()
         return (*outs, (*maps, self.downsample(maps[-1])))
 
+    @property
+    def num_co_heads(self) -> int:
+        """How many auxiliary heads the transformer has positive-query layers for."""
+        return self.transformer.num_co_heads
+
     # ---- training -------------------------------------------------------------------------
 
-    def loss(self, x: tuple[Tensor, ...], batch_data_samples: SampleList
-             ) -> tuple[dict, tuple[Tensor, ...]]:
+    def loss(self, x: tuple[Tensor, ...], batch_data_samples: SampleList) -> dict:
         metas = [s.metainfo for s in batch_data_samples]
         gts = [s.gt_instances for s in batch_data_samples]
-        *outs, x5 = self(x, metas)
-        return self.loss_by_feat(*outs, gts, metas), x5
+        return self.loss_by_feat(*self(x, metas)[:4], gts, metas)
 
-    def loss_aux(self, x5: tuple[Tensor, ...], positives: AuxPositives, head_idx: int,
+    def loss_aux(self, memory_maps: tuple[Tensor, ...], positives: AuxPositives, head_idx: int,
                  batch_data_samples: SampleList) -> dict:
         metas = [s.metainfo for s in batch_data_samples]
         coords, labels, targets, label_weights, bbox_weights, feats = self.get_aux_targets(
-            positives, x5, metas)
-        maps = list(x5[:self.transformer.num_feature_levels])
+            positives, metas)
+        maps = list(memory_maps[:self.transformer.num_feature_levels])
         queries, references = self.transformer.forward_aux(
             maps, image_masks(metas, maps), coords, feats, head_idx,
             reg_branches=self.reg_branches if self.with_box_refine else None)
@@ -87,8 +92,8 @@ class CoDeformDETRHead(DeformableDETRHead):
                            for name, value in layer.items()})
         return losses
 
-    def get_aux_targets(self, positives: AuxPositives, x5: tuple[Tensor, ...],
-                        metas: list[dict]) -> tuple[Tensor, ...]:
+    def get_aux_targets(self, positives: AuxPositives, metas: list[dict]
+                        ) -> tuple[Tensor, ...]:
         """The same number n of queries for every image: n = the most positives an image has,
         clamped to [9, max_pos_coords] (and to A). An image with more keeps a random n of
         them, one with fewer is padded with randomly chosen negatives of its own, trained as
@@ -98,10 +103,6 @@ class CoDeformDETRHead(DeformableDETRHead):
         background), label_weights (B, n) all 1, bbox_weights (B, n, 4) 1 on positives, and
         feats (B, n, E).
         """
-        feats = positives.feats
-        if feats is None:   # per-location features of the maps, in the anchors' order
-            feats = torch.cat([m.flatten(2).transpose(1, 2) for m in x5], 1)     # (B, P, E)
-            feats = feats.repeat_interleave(positives.coords.shape[1] // feats.shape[1], 1)
         labels = positives.labels
         is_pos = (labels >= 0) & (labels < self.num_classes)                       # (B, A)
         num = int(is_pos.sum(1).max()) if labels.numel() else 0
@@ -125,4 +126,4 @@ class CoDeformDETRHead(DeformableDETRHead):
         labels = gather(labels)
         label_weights = torch.ones_like(labels, dtype=coords.dtype)
         bbox_weights = (labels < self.num_classes)[..., None].expand(-1, -1, 4).to(coords.dtype)
-        return coords, labels, targets, label_weights, bbox_weights, gather(feats)
+        return coords, labels, targets, label_weights, bbox_weights, gather(positives.feats)

@@ -18,7 +18,7 @@ from mmengine.structures import InstanceData
 from torch import Tensor
 
 from rcnn_det.registry import MODELS, TASK_UTILS
-from rcnn_det.structures import SampleList, bbox_cxcywh_to_xyxy, bbox_xyxy_to_cxcywh
+from rcnn_det.structures import SampleList, bbox_cxcywh_to_xyxy, bbox_xyxy_to_cxcywh, clip_boxes
 
 from ..layers.deformable_transformer import inverse_sigmoid
 from ..recipes import RecipeReader, build_or_pass
@@ -62,8 +62,8 @@ class DeformableDETRHead(BaseModule):
         or None)
     loss(...) -> dict(loss_cls, loss_bbox, loss_iou (last layer), d{k}.loss_* (earlier layers),
         enc_loss_* (two-stage: the encoder proposals, every object as class 0))
-    predict(...) -> B x InstanceData(bboxes (100, 4) px, scores, labels): the best
-        (query, class) pairs of the last layer, no NMS.
+    predict(...) -> B x InstanceData(bboxes (100, 4) pixels of the network input, scores,
+        labels): the best (query, class) pairs of the last layer, no NMS.
     """
 
     def __init__(self, num_classes: int, transformer: dict, num_query: int = 300,
@@ -249,28 +249,24 @@ class DeformableDETRHead(BaseModule):
 
     # ---- inference ------------------------------------------------------------------------
 
-    def predict(self, x: tuple[Tensor, ...], batch_data_samples: SampleList,
-                rescale: bool = True) -> list[InstanceData]:
+    def predict(self, x: tuple[Tensor, ...], batch_data_samples: SampleList
+                ) -> list[InstanceData]:
         metas = [s.metainfo for s in batch_data_samples]
         cls_scores, bbox_preds = self(x, metas)[:2]
-        return self.predict_by_feat(cls_scores[-1], bbox_preds[-1], metas, rescale)
+        return self.predict_by_feat(cls_scores[-1], bbox_preds[-1], metas)
 
-    def predict_by_feat(self, cls_scores: Tensor, bbox_preds: Tensor, metas: list[dict],
-                        rescale: bool = True) -> list[InstanceData]:
+    def predict_by_feat(self, cls_scores: Tensor, bbox_preds: Tensor, metas: list[dict]
+                        ) -> list[InstanceData]:
         """cls_scores (B, Q, C), bbox_preds (B, Q, 4) of the last layer -> per image the
-        ``max_per_img`` best (query, class) pairs; a query may appear with several classes."""
+        ``max_per_img`` best (query, class) pairs, boxes clipped to the image; a query may
+        appear with several classes."""
         results = []
         for scores, boxes, meta in zip(cls_scores.sigmoid(), bbox_preds, metas):
             k = min(self.max_per_img, scores.numel())
             top, index = scores.flatten().topk(k)
-            labels = index % self.num_classes
             h, w = meta['img_shape'][:2]
             xyxy = bbox_cxcywh_to_xyxy(boxes[index // self.num_classes])
-            xyxy = xyxy * xyxy.new_tensor([w, h, w, h])
-            xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, w)
-            xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, h)
-            if rescale:
-                sx, sy = meta['scale_factor']
-                xyxy = xyxy / xyxy.new_tensor([sx, sy, sx, sy])
-            results.append(InstanceData(bboxes=xyxy, scores=top, labels=labels))
+            xyxy = clip_boxes(xyxy * xyxy.new_tensor([w, h, w, h]), (h, w))
+            results.append(InstanceData(bboxes=xyxy, scores=top,
+                                        labels=index % self.num_classes))
         return results

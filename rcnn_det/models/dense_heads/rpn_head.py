@@ -11,13 +11,13 @@ import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 from mmengine.structures import InstanceData
 from torch import Tensor
-from torchvision.ops import batched_nms
 
 from rcnn_det.registry import MODELS, TASK_UTILS
-from rcnn_det.structures import SampleList, scale_boxes, unpack_gt_instances
+from rcnn_det.structures import SampleList, unpack_gt_instances
 
+from ..post_processing import Candidates, select_detections, size_scales
 from ..recipes import ProposalRecipe, build_or_pass
-from ..task_modules.anchor_targets import anchor_targets, read_anchor_train_cfg
+from ..task_modules.anchor_targets import AnchorTrainRecipe, anchor_targets
 from .base_dense_head import BaseDenseHead
 
 DEFAULT_RPN_ANCHORS = dict(type='AnchorGenerator', scales=[8], ratios=[0.5, 1.0, 2.0],
@@ -33,40 +33,6 @@ def flatten_levels(maps: list[Tensor], channels: int) -> Tensor:
     return torch.cat([m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, channels) for m in maps], 1)
 
 
-def clip_to_shapes(boxes: Tensor, img_shapes: Tensor) -> Tensor:
-    """boxes (B, K, 4) xyxy clamped into per-image ``img_shapes`` (B, 2) = (h, w)."""
-    wh = img_shapes.flip(-1).to(boxes.dtype).repeat(1, 2)[:, None, :]   # (B, 1, 4) = (w, h, w, h)
-    return torch.minimum(boxes.clamp(min=0), wh)
-
-
-def select_proposals(scores: Tensor, boxes: Tensor, levels: Tensor, recipe: ProposalRecipe,
-                     num_levels: int) -> list[InstanceData]:
-    """Filter, per-level NMS and top-K of a batch's candidate boxes, in one NMS call.
-
-    Args:
-        scores: (B, M) objectness of each image's pre-NMS candidates.
-        boxes: (B, M, 4) decoded xyxy, clipped to the image.
-        levels: (M,) level of each candidate column.
-    """
-    num_images = scores.shape[0]
-    image_ids = torch.arange(num_images, device=scores.device)[:, None].expand_as(scores)
-    groups = image_ids * num_levels + levels[None, :]                    # (B, M)
-    w = boxes[..., 2] - boxes[..., 0]
-    h = boxes[..., 3] - boxes[..., 1]
-    keep = scores >= recipe.score_thr
-    if recipe.min_bbox_size >= 0:
-        keep &= (w > recipe.min_bbox_size) & (h > recipe.min_bbox_size)
-    flat_scores, flat_boxes = scores[keep], boxes[keep]
-    flat_groups, flat_images = groups[keep], image_ids[keep]
-    kept = batched_nms(flat_boxes, flat_scores, flat_groups, recipe.iou_threshold)  # by score
-    results = []
-    for i in range(num_images):
-        mine = kept[flat_images[kept] == i][:recipe.max_per_img]
-        results.append(InstanceData(bboxes=flat_boxes[mine], scores=flat_scores[mine],
-                                    labels=flat_scores.new_zeros(mine.numel(), dtype=torch.long)))
-    return results
-
-
 @MODELS.register_module()
 class RPNHead(BaseDenseHead):
     """Class-agnostic proposal head: a shared 3x3 conv, then per-anchor objectness and deltas.
@@ -76,7 +42,9 @@ class RPNHead(BaseDenseHead):
         cls_scores: L maps (B, A * cls_out_channels, H_l, W_l)
         bbox_preds: L maps (B, A * 4, H_l, W_l)   offsets relative to the anchors
     loss(...) -> dict(loss_rpn_cls=[L scalars], loss_rpn_bbox=[L scalars])
-    predict(...) -> B x InstanceData(bboxes (K, 4) xyxy px, scores (K,), labels zeros (K,))
+    predict(...) -> B x InstanceData(bboxes (K, 4) xyxy pixels of the network input, scores
+        (K,), labels zeros (K,))
+    loss_and_predict(x, samples, proposal_recipe) -> (the losses, the training proposals)
     """
 
     def __init__(self, in_channels: int, num_classes: int = 1, feat_channels: int = 256,
@@ -108,10 +76,9 @@ class RPNHead(BaseDenseHead):
         self.rpn_cls = nn.Conv2d(feat_channels, num_anchors * self.cls_out_channels, 1)
         self.rpn_reg = nn.Conv2d(feat_channels, num_anchors * 4, 1)
 
-        # mmdet hands the RPN its training recipe as a nested dict; read it here, once, so that
+        # mmdet hands the RPN its recipes as nested dicts; read them here, once, so that
         # forward code never calls cfg.get() and a typo fails at build time.
-        self.assigner, self.sampler, self.pos_weight = read_anchor_train_cfg(
-            train_cfg, 'rpn_head.train_cfg')
+        self.train_recipe = AnchorTrainRecipe.from_cfg(train_cfg, 'rpn_head.train_cfg')
         self.test_recipe = ProposalRecipe.from_cfg(test_cfg, 'rpn_head.test_cfg')
 
     def forward(self, x: tuple[Tensor, ...]) -> tuple[list[Tensor], list[Tensor]]:
@@ -128,28 +95,25 @@ class RPNHead(BaseDenseHead):
         return self.loss_by_feat(*self(x), batch_data_samples)
 
     def loss_and_predict(self, x: tuple[Tensor, ...], batch_data_samples: SampleList,
-                         proposal_cfg: ProposalRecipe | dict | None = None
-                         ) -> tuple[dict, list[InstanceData]]:
+                         proposal_recipe: ProposalRecipe) -> tuple[dict, list[InstanceData]]:
         cls_scores, bbox_preds = self(x)
         # One anchor grid serves the loss and the proposals of this step.
         anchors = self.prior_generator.grid_priors([tuple(c.shape[-2:]) for c in cls_scores],
                                                    device=cls_scores[0].device)
         losses = self.loss_by_feat(cls_scores, bbox_preds, batch_data_samples, anchors)
-        recipe = (proposal_cfg if isinstance(proposal_cfg, ProposalRecipe)
-                  else ProposalRecipe.from_cfg(proposal_cfg, 'train_cfg.rpn_proposal'))
         metas = [s.metainfo for s in batch_data_samples]
         # The RoI loss must not reach the RPN through proposal coordinates (mmdet's approximate
         # joint training): proposals are computed from detached outputs.
         proposals = self.predict_by_feat([c.detach() for c in cls_scores],
-                                         [b.detach() for b in bbox_preds], metas, recipe,
-                                         anchors)
+                                         [b.detach() for b in bbox_preds], metas,
+                                         proposal_recipe, anchors)
         return losses, proposals
 
     def loss_by_feat(self, cls_scores: list[Tensor], bbox_preds: list[Tensor],
                      batch_data_samples: SampleList,
                      mlvl_anchors: list[Tensor] | None = None) -> dict:
         """``mlvl_anchors``: the L anchor grids of these maps, when the caller has them."""
-        if self.assigner is None:
+        if self.train_recipe is None:
             raise RuntimeError('RPNHead.loss needs a train_cfg with an assigner (and a sampler)')
         gts, gts_ignore, metas = unpack_gt_instances(batch_data_samples)
         featmap_sizes = [tuple(c.shape[-2:]) for c in cls_scores]
@@ -160,13 +124,14 @@ class RPNHead(BaseDenseHead):
         valid = torch.stack([
             torch.cat(self.prior_generator.valid_flags(featmap_sizes, meta.get(
                 'pad_shape', meta['batch_input_shape']), device)) for meta in metas])
-        targets = anchor_targets(anchors, valid, gts, gts_ignore, self.assigner, self.sampler,
-                                 self.bbox_coder, self.num_classes, self.pos_weight,
-                                 self.reg_decoded_bbox, class_agnostic=True)
-        cls = flatten_levels(cls_scores, self.cls_out_channels)          # (B, N, 1 or 2)
+        targets = anchor_targets(anchors, valid, gts, gts_ignore, self.train_recipe,
+                                 self.bbox_coder, self.num_classes, self.reg_decoded_bbox,
+                                 class_agnostic=True)
+        logits = flatten_levels(cls_scores, self.cls_out_channels)       # (B, N, 1 or 2)
         deltas = flatten_levels(bbox_preds, 4)                           # (B, N, 4)
-        loss_cls = self.loss_cls(cls.reshape(-1, self.cls_out_channels), targets.labels.reshape(-1),
-                                 targets.label_weights.reshape(-1), reduction_override='none')
+        loss_cls = self.loss_cls(logits.reshape(-1, self.cls_out_channels),
+                                 targets.labels.reshape(-1), targets.label_weights.reshape(-1),
+                                 reduction_override='none')
         if self.reg_decoded_bbox:
             deltas = self.bbox_coder.decode(anchors[None].expand_as(deltas), deltas)
         loss_bbox = self.loss_bbox(deltas, targets.bbox_targets, targets.bbox_weights,
@@ -175,29 +140,25 @@ class RPNHead(BaseDenseHead):
         sizes = [c.shape[-2] * c.shape[-1] * self.prior_generator.num_base_priors[i]
                  for i, c in enumerate(cls_scores)]
         norm = max(targets.avg_factor, 1.0)
-        loss_cls = loss_cls.reshape(cls.shape[0], -1)                     # (B, N)
+        loss_cls = loss_cls.reshape(logits.shape[0], -1)                  # (B, N)
         return dict(
             loss_rpn_cls=[part.sum() / norm for part in loss_cls.split(sizes, dim=1)],
             loss_rpn_bbox=[part.sum() / norm for part in loss_bbox.split(sizes, dim=1)])
 
     # ---- inference ------------------------------------------------------------------------
 
-    def predict(self, x: tuple[Tensor, ...], batch_data_samples: SampleList,
-                rescale: bool = False) -> list[InstanceData]:
-        metas = [s.metainfo for s in batch_data_samples]
+    def predict(self, x: tuple[Tensor, ...], batch_data_samples: SampleList
+                ) -> list[InstanceData]:
         if self.test_recipe is None:
             raise RuntimeError('RPNHead.predict needs a test_cfg (nms_pre, max_per_img, nms)')
-        results = self.predict_by_feat(*self(x), metas, self.test_recipe)
-        if rescale:
-            for res, meta in zip(results, metas):
-                sx, sy = meta['scale_factor']
-                res.bboxes = scale_boxes(res.bboxes, (1 / sx, 1 / sy))
-        return results
+        metas = [s.metainfo for s in batch_data_samples]
+        return self.predict_by_feat(*self(x), metas, self.test_recipe)
 
     def predict_by_feat(self, cls_scores: list[Tensor], bbox_preds: list[Tensor],
                         batch_img_metas: list[dict], recipe: ProposalRecipe,
                         mlvl_anchors: list[Tensor] | None = None) -> list[InstanceData]:
-        """Per-level top ``nms_pre``, decode, clip, drop small, NMS per level, top K per image.
+        """Per level the top ``nms_pre`` anchors, decoded and clipped to each image; then
+        ``select_detections``: NMS inside each (image, level), top ``max_per_img`` per image.
 
         Anchors stay float32 even under mixed precision: fp16 cannot hold pixel coordinates
         above 2048 exactly.
@@ -207,10 +168,11 @@ class RPNHead(BaseDenseHead):
             [tuple(c.shape[-2:]) for c in cls_scores], device=device)
         num_images = cls_scores[0].shape[0]
         scores, deltas, priors, levels = [], [], [], []
-        for level, (cls, reg, anc) in enumerate(zip(cls_scores, bbox_preds, anchors)):
-            cls = cls.permute(0, 2, 3, 1).reshape(num_images, -1, self.cls_out_channels)
+        for level, (logits, reg, anc) in enumerate(zip(cls_scores, bbox_preds, anchors)):
+            logits = logits.permute(0, 2, 3, 1).reshape(num_images, -1, self.cls_out_channels)
             # Foreground is class 0; with softmax, index 1 is background.
-            score = cls[..., 0].sigmoid() if self.use_sigmoid_cls else cls.softmax(-1)[..., 0]
+            score = (logits[..., 0].sigmoid() if self.use_sigmoid_cls
+                     else logits.softmax(-1)[..., 0])
             k = min(recipe.nms_pre, score.shape[1]) if recipe.nms_pre > 0 else score.shape[1]
             top, idx = score.topk(k, dim=1)                              # (B, k)
             reg = reg.permute(0, 2, 3, 1).reshape(num_images, -1, 4)      # (B, H*W*A, 4)
@@ -218,9 +180,18 @@ class RPNHead(BaseDenseHead):
             deltas.append(reg.gather(1, idx[..., None].expand(-1, -1, 4)))
             priors.append(anc[idx])                                      # (B, k, 4)
             levels.append(torch.full((k,), level, device=device, dtype=torch.long))
-        boxes = self.bbox_coder.decode(torch.cat(priors, 1), torch.cat(deltas, 1))
-        # clip to each image's own (h, w): the batch padding is not image
+        # clipped to each image's own (h, w): the batch padding is not image
         img_shapes = torch.tensor([m['img_shape'][:2] for m in batch_img_metas], device=device)
-        boxes = clip_to_shapes(boxes, img_shapes)
-        return select_proposals(torch.cat(scores, 1), boxes, torch.cat(levels),
-                                recipe, len(cls_scores))
+        boxes = self.bbox_coder.decode(torch.cat(priors, 1), torch.cat(deltas, 1),
+                                       max_shape=img_shapes)             # (B, M, 4)
+        scores = torch.cat(scores, 1)                                    # (B, M)
+        keep = scores >= recipe.score_thr                                # torchvision's rule
+        image_ids = torch.arange(num_images, device=device)[:, None].expand_as(scores)
+        candidates = Candidates(
+            boxes=boxes[keep], scores=scores[keep], labels=torch.zeros_like(image_ids[keep]),
+            image_ids=image_ids[keep], groups=torch.cat(levels).expand_as(scores)[keep],
+            num_groups=len(cls_scores))
+        original = (size_scales(batch_img_metas, device) if recipe.size_frame == 'original'
+                    else None)
+        return select_detections(candidates, num_images, recipe.nms, recipe.max_per_img,
+                                 recipe.min_bbox_size, original_scales=original)

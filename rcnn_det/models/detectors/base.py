@@ -10,6 +10,8 @@ from torch import Tensor
 from rcnn_det.registry import MODELS
 from rcnn_det.structures import SampleList
 
+from ..post_processing import MaskPaste, to_original_image
+
 
 class BaseDetector(BaseModel, metaclass=ABCMeta):
     """forward(inputs, data_samples, mode):
@@ -57,6 +59,16 @@ class BaseDetector(BaseModel, metaclass=ABCMeta):
     @abstractmethod
     def _forward(self, inputs: Tensor, data_samples: SampleList | None = None):
         ...
+
+    @staticmethod
+    def to_original_image(results_list: list[InstanceData], data_samples: SampleList,
+                          rescale: bool, mask_paste: MaskPaste | None = None
+                          ) -> list[InstanceData]:
+        """The heads predict in the network input's frame; this is the one place a detector's
+        results reach the original image (``rescale``) or stay (see
+        ``post_processing.to_original_image``)."""
+        return to_original_image(results_list, [s.metainfo for s in data_samples], rescale,
+                                 mask_paste)
 
     @staticmethod
     def add_pred_to_datasample(data_samples: SampleList,

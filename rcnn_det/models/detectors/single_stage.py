@@ -30,16 +30,15 @@ class SingleStageDetector(BaseDetector):
         self.neck = MODELS.build(neck) if neck is not None else None
         self.bbox_head = MODELS.build(dict(copy.deepcopy(bbox_head), train_cfg=train_cfg,
                                            test_cfg=test_cfg))
-        self.train_cfg, self.test_cfg = train_cfg, test_cfg
 
     def loss(self, inputs: Tensor, data_samples: SampleList) -> dict:
         return self.bbox_head.loss(self.extract_feat(inputs), data_samples)
 
     def predict(self, inputs: Tensor, data_samples: SampleList,
                 rescale: bool = True) -> SampleList:
-        results = self.bbox_head.predict(self.extract_feat(inputs), data_samples,
-                                         rescale=rescale)
-        return self.add_pred_to_datasample(data_samples, results)
+        results = self.bbox_head.predict(self.extract_feat(inputs), data_samples)
+        return self.add_pred_to_datasample(
+            data_samples, self.to_original_image(results, data_samples, rescale))
 
     def _forward(self, inputs: Tensor, data_samples: SampleList | None = None):
         return self.bbox_head(self.extract_feat(inputs))

@@ -12,6 +12,8 @@ from ..recipes import ProposalRecipe, unknown_key_error
 from .base import BaseDetector
 
 TWO_STAGE_CFG_KEYS = ('rpn', 'rpn_proposal', 'rcnn')
+# mmdet's StandardRoIHead.forward (mode='tensor') runs the mask branch on the first 100 RoIs
+TENSOR_MODE_MASK_ROIS = 100
 
 
 def split_two_stage_cfg(train_cfg: dict | None, test_cfg: dict | None,
@@ -56,7 +58,6 @@ class TwoStageDetector(BaseDetector):
                                           test_cfg=cfg['rcnn_test']))
         self.rpn_proposal = ProposalRecipe.from_cfg(cfg['rpn_proposal'] or cfg['rpn_test'],
                                                     'model.train_cfg.rpn_proposal')
-        self.train_cfg, self.test_cfg = train_cfg, test_cfg
 
     def loss(self, inputs: Tensor, data_samples: SampleList) -> dict:
         x = self.extract_feat(inputs)
@@ -73,22 +74,24 @@ class TwoStageDetector(BaseDetector):
         if 'proposals' in data_samples[0]:
             proposals = [s.proposals for s in data_samples]
         else:
-            proposals = self.rpn_head.predict(x, data_samples, rescale=False)
-        results = self.roi_head.predict(x, proposals, data_samples, rescale=rescale)
+            proposals = self.rpn_head.predict(x, data_samples)
+        results = self.roi_head.predict(x, proposals, data_samples)
+        results = self.to_original_image(results, data_samples, rescale,
+                                         self.roi_head.mask_paste)
         return self.add_pred_to_datasample(data_samples, results)
 
     def _forward(self, inputs: Tensor, data_samples: SampleList | None = None):
         """Raw outputs: (rpn cls_scores, rpn bbox_preds, roi cls_score, roi bbox_pred[, mask
-        logits of the first 100 proposals])."""
+        logits of the first ``TENSOR_MODE_MASK_ROIS`` proposals])."""
         x = self.extract_feat(inputs)
         rpn_outs = self.rpn_head(x)
         if data_samples is None:
             return rpn_outs
-        proposals = self.rpn_head.predict(x, data_samples, rescale=False)
+        proposals = self.rpn_head.predict(x, data_samples)
         rois = bbox2roi([p.bboxes for p in proposals])
         outs = rpn_outs + self.roi_head.bbox_forward(x, rois)
         if getattr(self.roi_head, 'with_mask', False):
-            outs = outs + (self.roi_head.mask_forward(x, rois[:100]),)
+            outs = outs + (self.roi_head.mask_forward(x, rois[:TENSOR_MODE_MASK_ROIS]),)
         return outs
 
 

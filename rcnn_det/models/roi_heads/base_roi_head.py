@@ -12,7 +12,8 @@ from rcnn_det.structures import SampleList
 
 class BaseRoIHead(BaseModule, metaclass=ABCMeta):
     """loss(x, rpn_results_list, batch_data_samples) -> dict of losses
-    predict(x, rpn_results_list, batch_data_samples, rescale) -> list of InstanceData
+    predict(x, rpn_results_list, batch_data_samples) -> list of InstanceData, in the network
+        input's frame
     """
 
     @abstractmethod
@@ -22,5 +23,5 @@ class BaseRoIHead(BaseModule, metaclass=ABCMeta):
 
     @abstractmethod
     def predict(self, x: tuple[Tensor, ...], rpn_results_list: list[InstanceData],
-                batch_data_samples: SampleList, rescale: bool = False) -> list[InstanceData]:
+                batch_data_samples: SampleList) -> list[InstanceData]:
         ...

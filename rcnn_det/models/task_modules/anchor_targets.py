@@ -16,23 +16,35 @@ from torch import Tensor
 from rcnn_det.registry import TASK_UTILS
 
 from ..recipes import RecipeReader
+from .samplers import PseudoSampler
 
 
-def read_anchor_train_cfg(train_cfg: dict | None, where: str) -> tuple[Any, Any, float]:
-    """An anchor head's mmdet ``train_cfg`` -> (assigner, sampler or None, pos_weight), both
-    built; unknown keys, a missing assigner and ``allowed_border >= 0`` fail naming ``where``."""
-    train = RecipeReader(train_cfg, where, accepted_no_op=('debug',))
-    assigner = train.build('assigner', TASK_UTILS, None)
-    sampler = train.build('sampler', TASK_UTILS, None)
-    allowed_border = train.pop('allowed_border', -1)
-    pos_weight = train.pop('pos_weight', -1)
-    train.reject_rest()
-    if train_cfg is not None and assigner is None:
-        raise KeyError(f"{where}: missing required key 'assigner'")
-    if allowed_border >= 0:
-        raise NotImplementedError(f'{where}.allowed_border >= 0 is not supported; use -1 (every '
-                                  'anchor is used, as in all mmdet configs)')
-    return assigner, sampler, pos_weight
+@dataclass(frozen=True)
+class AnchorTrainRecipe:
+    """An anchor head's mmdet ``train_cfg``, read: the built assigner and sampler (mmdet's
+    PseudoSampler when the config names none) and the positives' classification weight."""
+    assigner: Any
+    sampler: Any
+    pos_weight: float = -1      # <= 0: positives weigh 1
+
+    @classmethod
+    def from_cfg(cls, train_cfg: dict | None, where: str) -> AnchorTrainRecipe | None:
+        """None for a head built for inference only; unknown keys, a missing assigner and
+        ``allowed_border >= 0`` fail naming ``where``."""
+        if train_cfg is None:
+            return None
+        train = RecipeReader(train_cfg, where, accepted_no_op=('debug',))
+        assigner = train.build('assigner', TASK_UTILS, None)
+        sampler = train.build('sampler', TASK_UTILS, None)
+        allowed_border = train.pop('allowed_border', -1)
+        pos_weight = train.pop('pos_weight', -1)
+        train.reject_rest()
+        if assigner is None:
+            raise KeyError(f"{where}: missing required key 'assigner'")
+        if allowed_border >= 0:
+            raise NotImplementedError(f'{where}.allowed_border >= 0 is not supported; use -1 '
+                                      '(every anchor is used, as in all mmdet configs)')
+        return cls(assigner, sampler if sampler is not None else PseudoSampler(), pos_weight)
 
 
 @dataclass
@@ -41,14 +53,13 @@ class AnchorTargets:
     label_weights: Tensor   # (B, N) float: 0 for anchors left out of the loss
     bbox_targets: Tensor    # (B, N, 4) encoded offsets (or gt boxes when reg_decoded_bbox)
     bbox_weights: Tensor    # (B, N, 4) float: 1 on positives
-    avg_factor: float       # the loss normaliser: sampled anchors, or positives without sampler
-                            # (each image counts at least one positive and one negative)
+    avg_factor: float       # the loss normaliser: the sum of the images' SamplingResult.avg_factor
     num_pos: int
 
 
 def anchor_targets(anchors: Tensor, valid_flags: Tensor, batch_gt_instances: list[InstanceData],
-                   batch_gt_instances_ignore: list[InstanceData | None], assigner, sampler,
-                   bbox_coder, num_classes: int, pos_weight: float = -1,
+                   batch_gt_instances_ignore: list[InstanceData | None],
+                   recipe: AnchorTrainRecipe, bbox_coder, num_classes: int,
                    reg_decoded_bbox: bool = False, class_agnostic: bool = False,
                    level_sizes: list[int] | None = None) -> AnchorTargets:
     """Assign, sample and encode, one image at a time (image sizes and box counts differ).
@@ -56,8 +67,8 @@ def anchor_targets(anchors: Tensor, valid_flags: Tensor, batch_gt_instances: lis
     Args:
         anchors: (N, 4) xyxy anchors of all levels, the same for every image.
         valid_flags: (B, N) bool, False for anchors centred on another image's padding.
-        sampler: a RandomSampler-like object, or None to keep every positive and negative
-            (mmdet's PseudoSampler; then ``avg_factor`` counts positives only).
+        recipe: the assigner, the sampler (whose results carry their share of the loss
+            normaliser) and ``pos_weight``.
         class_agnostic: every object is class 0 (the RPN).
         level_sizes: anchors per level; given, the assigner is called as mmdet calls ATSS,
             ``assign(priors, num_level_priors, gt, gt_ignore)`` with each image's count of valid
@@ -73,22 +84,14 @@ def anchor_targets(anchors: Tensor, valid_flags: Tensor, batch_gt_instances: lis
         valid = valid_flags[i].nonzero(as_tuple=False).squeeze(1)
         priors = InstanceData(priors=anchors[valid])
         if level_sizes is None:
-            assign = assigner.assign(priors, gt, gt_ignore)
+            assign = recipe.assigner.assign(priors, gt, gt_ignore)
         else:  # mmdet's ATSS signature: the level counts come second
             counts = [int(v.sum()) for v in valid_flags[i].split(level_sizes)]
-            assign = assigner.assign(priors, counts, gt, gt_ignore)
-        if sampler is not None:
-            result = sampler.sample(assign, priors, gt)
-            pos, neg = result.pos_inds, result.neg_inds
-            pos_gt_bboxes, pos_labels = result.pos_gt_bboxes, result.pos_gt_labels
-            # mmdet's SamplingResult.avg_factor: counts of at least one, per image.
-            avg_factor += max(pos.numel(), 1) + max(neg.numel(), 1)
-        else:
-            pos = (assign.gt_inds > 0).nonzero(as_tuple=False).squeeze(1)
-            neg = (assign.gt_inds == 0).nonzero(as_tuple=False).squeeze(1)
-            pos_gt_bboxes = gt.bboxes[assign.gt_inds[pos] - 1]
-            pos_labels = assign.labels[pos]
-            avg_factor += max(pos.numel(), 1)
+            assign = recipe.assigner.assign(priors, counts, gt, gt_ignore)
+        result = recipe.sampler.sample(assign, priors, gt)
+        pos, neg = result.pos_inds, result.neg_inds
+        pos_gt_bboxes, pos_labels = result.pos_gt_bboxes, result.pos_gt_labels
+        avg_factor += result.avg_factor
         num_pos_total += pos.numel()
         pos_full, neg_full = valid[pos], valid[neg]
         if pos.numel() > 0:
@@ -97,7 +100,7 @@ def anchor_targets(anchors: Tensor, valid_flags: Tensor, batch_gt_instances: lis
             bbox_targets[i, pos_full] = target.to(bbox_targets.dtype)
             bbox_weights[i, pos_full] = 1.0
             labels[i, pos_full] = 0 if class_agnostic else pos_labels
-            label_weights[i, pos_full] = 1.0 if pos_weight <= 0 else pos_weight
+            label_weights[i, pos_full] = 1.0 if recipe.pos_weight <= 0 else recipe.pos_weight
         label_weights[i, neg_full] = 1.0
     return AnchorTargets(labels, label_weights, bbox_targets, bbox_weights,
                          float(avg_factor), num_pos_total)

@@ -6,7 +6,8 @@ import pytest
 from mmcv.transforms import RandomChoiceResize
 from mmengine.registry import DefaultScope
 
-from rcnn_det.datasets.transforms import Pad, RandomFlip, Resize, resize_masks
+from rcnn_det.datasets.transforms import (Pad, RandomFlip, Resize, nearest_source_indices,
+                                          resize_masks)
 from rcnn_det.registry import TRANSFORMS
 
 
@@ -49,12 +50,81 @@ def test_resize_keep_ratio_and_clip():
     np.testing.assert_array_equal(unclipped['gt_bboxes'], [[4, 6, 24, 16]])
 
 
-def test_resize_masks_is_pixel_centre_aligned():
+def test_resize_masks_samples_the_top_left_source_pixel():
     mask = np.zeros((1, 4, 4), np.uint8)
     mask[0, 1:3, 1:3] = 1
-    down = resize_masks(mask, (2, 2))  # pixel centres 0.5, 1.5 -> input pixels 1 and 3
-    np.testing.assert_array_equal(down[0], [[1, 0], [0, 0]])
+    down = resize_masks(mask, (2, 2))  # output pixel i <- input pixel floor(i * 4 / 2) = 0, 2
+    np.testing.assert_array_equal(down[0], [[0, 0], [0, 1]])
+    up = resize_masks(mask, (6, 6))    # i <- floor(i * 4 / 6) = 0, 0, 1, 2, 2, 3
+    np.testing.assert_array_equal(up[0], mask[0][np.ix_([0, 0, 1, 2, 2, 3], [0, 0, 1, 2, 2, 3])])
     assert resize_masks(np.zeros((0, 4, 4), np.uint8), (8, 8)).shape == (0, 8, 8)
+
+
+def loop_resize(masks: np.ndarray, out_shape: tuple[int, int]) -> np.ndarray:
+    """Brute-force reference: output pixel (i, j) <- input pixel (floor(i H / h), floor(j W / w)),
+    in exact integer arithmetic."""
+    num, height, width = masks.shape
+    out_h, out_w = out_shape
+    out = np.zeros((num, out_h, out_w), masks.dtype)
+    for n in range(num):
+        for i in range(out_h):
+            for j in range(out_w):
+                out[n, i, j] = masks[n, i * height // out_h, j * width // out_w]
+    return out
+
+
+# (H, W) -> (h, w): integer and non-integer ratios, up and down, mixed, identity, one pixel.
+RESIZE_CASES = [((30, 40), (60, 80)), ((30, 40), (15, 20)), ((30, 40), (47, 71)),
+                ((30, 40), (13, 17)), ((30, 40), (61, 23)), ((30, 40), (30, 40)),
+                ((7, 9), (1, 1)), ((1, 1), (5, 3)), ((64, 48), (100, 75)), ((53, 97), (29, 41))]
+
+
+@pytest.mark.parametrize('in_shape, out_shape', RESIZE_CASES)
+def test_resize_masks_matches_loop_reference(in_shape, out_shape):
+    masks = (np.random.default_rng(0).random((3, *in_shape)) < 0.5).astype(np.uint8)
+    out = resize_masks(masks, out_shape)
+    assert out.shape == (3, *out_shape) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, loop_resize(masks, out_shape))
+
+
+def test_nearest_source_indices_round_like_cv2_not_exactly():
+    # 2 -> 98 px: 49 * (1 / (98 / 2)) is 0.999... in float64, so cv2 (and mmdet) copy pixel 0
+    # where the exact floor(49 * 2 / 98) is 1.
+    assert nearest_source_indices(2, 98)[49] == 0 and 49 * 2 // 98 == 1
+    assert nearest_source_indices(2, 98)[50] == 1
+    np.testing.assert_array_equal(nearest_source_indices(5, 5), np.arange(5))
+
+
+@pytest.mark.parametrize('in_shape, out_shape',
+                         RESIZE_CASES + [((2, 3), (98, 147)), ((4, 2), (206, 196)),
+                                         ((480, 640), (800, 1067)), ((427, 640), (333, 500))])
+def test_resize_masks_matches_cv2_inter_nearest(in_shape, out_shape):
+    cv2 = pytest.importorskip('cv2')
+    masks = (np.random.default_rng(1).random((2, *in_shape)) < 0.5).astype(np.uint8)
+    expected = np.stack([cv2.resize(m, out_shape[::-1], interpolation=cv2.INTER_NEAREST)
+                         for m in masks]).reshape(2, *out_shape)
+    np.testing.assert_array_equal(resize_masks(masks, out_shape), expected)
+
+
+@pytest.mark.parametrize('kwargs', [dict(scale=(71, 47)), dict(scale=(17, 13)),
+                                    dict(scale=(200, 97), keep_ratio=True),
+                                    dict(scale_factor=0.65, keep_ratio=True)])
+def test_resize_transform_masks_match_mmdet_bitmap_masks(kwargs):
+    """mmdet's Resize: BitmapMasks.resize (mmcv.imresize) to img_shape, or with keep_ratio
+    BitmapMasks.rescale (mmcv.imrescale) by the same scale as the image; both 'nearest'."""
+    pytest.importorskip('cv2')
+    import mmcv
+    results = sample()
+    masks = (np.random.default_rng(2).random((3, 30, 40)) < 0.5).astype(np.uint8)
+    results.update(gt_masks=masks, gt_bboxes=np.zeros((3, 4), np.float32),
+                   gt_bboxes_labels=np.zeros(3, np.int64), gt_ignore_flags=np.zeros(3, bool))
+    out = Resize(**kwargs)(results)
+    if kwargs.get('keep_ratio'):
+        expected = [mmcv.imrescale(m, out['scale'], interpolation='nearest') for m in masks]
+    else:
+        expected = [mmcv.imresize(m, out['img_shape'][::-1], interpolation='nearest')
+                    for m in masks]
+    np.testing.assert_array_equal(out['gt_masks'], np.stack(expected))
 
 
 @pytest.mark.parametrize('direction, box', [('horizontal', [28, 3, 38, 8]),

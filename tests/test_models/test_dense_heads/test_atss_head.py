@@ -16,8 +16,9 @@ from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from rcnn_det.models.dense_heads import ATSSHead
 from rcnn_det.models.dense_heads.atss_head import centerness_target, level_sums
-from rcnn_det.models.recipes import DenseDetectionRecipe
+from rcnn_det.models.recipes import DenseDetectionRecipe, NMSConfig
 from rcnn_det.models.task_modules.assigners import ATSSAssigner
+from rcnn_det.models.task_modules.samplers import PseudoSampler, RandomSampler
 from rcnn_det.registry import MODELS
 from rcnn_det.structures import DetDataSample
 
@@ -333,9 +334,10 @@ def test_loss_without_any_gt():
 
 # ---- 4. detections -------------------------------------------------------------------------------
 
-def reference_detections(cls_scores, bbox_preds, centernesses, metas, recipe, rescale, ratios):
+def reference_detections(cls_scores, bbox_preds, centernesses, metas, recipe, ratios):
     """Per image: per level every (anchor, class) with p > score_thr, best nms_pre; decode, clip,
-    p * sigmoid(centerness), rescale, drop small, greedy per-class NMS, max_per_img best."""
+    p * sigmoid(centerness), drop small (measured in the original image when size_frame is
+    'original'), greedy per-class NMS, max_per_img best; boxes in the network input."""
     anchors = hand_anchors(ratios)
     results, stats = [], dict(cut=0, small=0, suppressed=0, capped=0)
     for b, meta in enumerate(metas):
@@ -355,17 +357,16 @@ def reference_detections(cls_scores, bbox_preds, centernesses, metas, recipe, re
             box = decode(anchor, bbox_preds[lvl][b, a * 4:(a + 1) * 4, y, x].tolist())
             box = [min(max(v, 0.0), lim) for v, lim in zip(box, (w, h, w, h))]
             score = prob * sigmoid(float(centernesses[lvl][b, a, y, x]))
-            if rescale:
-                sx, sy = meta['scale_factor']
-                box = [box[0] / sx, box[1] / sy, box[2] / sx, box[3] / sy]
-            if recipe.min_bbox_size >= 0 and not (box[2] - box[0] > recipe.min_bbox_size
-                                                  and box[3] - box[1] > recipe.min_bbox_size):
+            sx, sy = meta['scale_factor'] if recipe.size_frame == 'original' else (1.0, 1.0)
+            if recipe.min_bbox_size >= 0 and not ((box[2] - box[0]) / sx > recipe.min_bbox_size
+                                                  and (box[3] - box[1]) / sy
+                                                  > recipe.min_bbox_size):
                 stats['small'] += 1
                 continue
             dets.append((score, c, box))
         kept = []
         for score, c, box in sorted(dets, key=lambda d: -d[0]):
-            if any(kc == c and iou(kb, box) > recipe.iou_threshold for _, kc, kb in kept):
+            if any(kc == c and iou(kb, box) > recipe.nms.iou_threshold for _, kc, kb in kept):
                 stats['suppressed'] += 1
             else:
                 kept.append((score, c, box))
@@ -376,26 +377,27 @@ def reference_detections(cls_scores, bbox_preds, centernesses, metas, recipe, re
 
 
 PREDICT_CASES = [
-    # rescale, ratios, score_thr, nms_pre, min_bbox_size, max_per_img, iou
-    (False, (0.5, 1.0, 2.0), 0.3, 10, 2.0, 15, 0.5),
-    (True, (0.5, 1.0, 2.0), 0.3, 10, 2.0, 15, 0.5),
-    (True, (1.0,), 0.0, -1, -1, 1000, 0.6),
-    (False, (1.0,), 0.75, 1000, 0, 100, 0.3),
-    (True, (1.0,), 0.6, 1000, 0, 6, 0.3),
+    # size_frame, ratios, score_thr, nms_pre, min_bbox_size, max_per_img, iou
+    ('input', (0.5, 1.0, 2.0), 0.3, 10, 2.0, 15, 0.5),
+    ('original', (0.5, 1.0, 2.0), 0.3, 10, 2.0, 15, 0.5),
+    ('original', (1.0,), 0.0, -1, -1, 1000, 0.6),
+    ('input', (1.0,), 0.75, 1000, 0, 100, 0.3),
+    ('original', (1.0,), 0.6, 1000, 0, 6, 0.3),
 ]
 
 
-@pytest.mark.parametrize('rescale, ratios, score_thr, nms_pre, min_size, max_per_img, iou_thr',
+@pytest.mark.parametrize('size_frame, ratios, score_thr, nms_pre, min_size, max_per_img, iou_thr',
                          PREDICT_CASES)
-def test_predict_by_feat_equals_brute_force(rescale, ratios, score_thr, nms_pre, min_size,
+def test_predict_by_feat_equals_brute_force(size_frame, ratios, score_thr, nms_pre, min_size,
                                             max_per_img, iou_thr):
     head = make_head(ratios)
     cls_scores, bbox_preds, centernesses = head_outputs(len(ratios), seed=4)
     recipe = DenseDetectionRecipe(nms_pre=nms_pre, min_bbox_size=min_size, score_thr=score_thr,
-                                  iou_threshold=iou_thr, max_per_img=max_per_img)
-    got = head.predict_by_feat(cls_scores, bbox_preds, centernesses, METAS, recipe, rescale)
+                                  nms=NMSConfig(iou_threshold=iou_thr), max_per_img=max_per_img,
+                                  size_frame=size_frame)
+    got = head.predict_by_feat(cls_scores, bbox_preds, centernesses, METAS, recipe)
     expected, stats = reference_detections(cls_scores, bbox_preds, centernesses, METAS, recipe,
-                                           rescale, ratios)
+                                           ratios)
     # the knobs under test really acted on this input
     assert stats['suppressed'] > 0
     assert (stats['cut'] > 0) == (0 <= nms_pre < 64 * len(ratios) * C)
@@ -413,22 +415,12 @@ def test_predict_by_feat_equals_brute_force(rescale, ratios, score_thr, nms_pre,
                                    rtol=1e-5, atol=1e-4)
 
 
-def test_top_pairs_strictly_above_threshold_best_first():
-    scores = torch.tensor([[0.5, 0.2], [0.3, 0.9], [0.3001, 0.1], [0.7, 0.3]])   # (N_l, C)
-    anchors, labels, values = ATSSHead.top_pairs(scores, DenseDetectionRecipe(score_thr=0.3))
-    assert anchors.tolist() == [1, 3, 0, 2] and labels.tolist() == [1, 0, 0, 0]
-    torch.testing.assert_close(values, torch.tensor([0.9, 0.7, 0.5, 0.3001]))
-    anchors, labels, values = ATSSHead.top_pairs(scores, DenseDetectionRecipe(score_thr=0.3,
-                                                                              nms_pre=2))
-    assert anchors.tolist() == [1, 3] and labels.tolist() == [1, 0]
-
-
 def test_predict_uses_test_cfg_and_handles_no_candidates():
     head = make_head()
     x = feats(5)
-    got = head.predict(x, samples(), rescale=True)
+    got = head.predict(x, samples())
     expected = head.predict_by_feat(*head(x), METAS, DenseDetectionRecipe.from_cfg(
-        TEST_CFG, 'test_cfg'), rescale=True)
+        TEST_CFG, 'test_cfg'))
     for g, e in zip(got, expected):
         torch.testing.assert_close(g.bboxes, e.bboxes)
         torch.testing.assert_close(g.scores, e.scores)
@@ -442,10 +434,11 @@ def test_predict_uses_test_cfg_and_handles_no_candidates():
 def test_config_errors_and_registry():
     with pytest.raises(KeyError, match='assigner'):
         make_head(train_cfg=dict(allowed_border=-1, pos_weight=-1, debug=False))
-    with pytest.raises(ValueError, match='sampler'):
-        make_head(train_cfg=dict(TRAIN_CFG, sampler=dict(type='RandomSampler', num=256,
-                                                         pos_fraction=0.5)))
-    make_head(train_cfg=dict(TRAIN_CFG, sampler=dict(type='PseudoSampler')))   # accepted
+    # mmdet's default sampler is the PseudoSampler; any other is used as given
+    assert isinstance(make_head().train_recipe.sampler, PseudoSampler)
+    sampled = make_head(train_cfg=dict(TRAIN_CFG, sampler=dict(type='RandomSampler', num=256,
+                                                               pos_fraction=0.5)))
+    assert isinstance(sampled.train_recipe.sampler, RandomSampler)
     with pytest.raises(ValueError, match='use_sigmoid'):
         make_head(loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0))
     with pytest.raises(KeyError, match='score_th'):

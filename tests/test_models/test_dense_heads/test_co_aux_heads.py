@@ -1,8 +1,10 @@
-"""CoATSSHead and CoStandardRoIHead hand Co-DETR's query head their own assignment."""
+"""CoATSSHead and CoStandardRoIHead hand Co-DETR's query head their own assignment
+(``AuxiliaryHead.loss_and_positives``)."""
 from __future__ import annotations
 
 import logging
 
+import pytest
 import torch
 from mmengine.config import Config
 from mmengine.logging import MMLogger
@@ -15,7 +17,7 @@ from tests.conftest import REPO_ROOT
 
 DEMO = REPO_ROOT / 'configs' / 'demo' / 'co_deformable_detr_r18_shapes.py'
 C, E = 4, 128
-SIZES = [(8, 10), (4, 5), (2, 3), (1, 2), (1, 1)]   # x5 of a 64 x 80 input
+SIZES = [(8, 10), (4, 5), (2, 3), (1, 2), (1, 1)]   # the memory maps of a 64 x 80 input
 
 
 def samples():
@@ -30,7 +32,7 @@ def samples():
     return out
 
 
-def x5():
+def memory():
     g = torch.Generator().manual_seed(0)
     return tuple(torch.randn(2, E, h, w, generator=g) for h, w in SIZES)
 
@@ -54,20 +56,27 @@ def assert_targets_are_assigned_gts(positives, data_samples):
         assert (positives.targets[i][~pos] == 0).all()
 
 
-def test_co_atss_head_returns_every_anchor_and_its_assignment():
+@pytest.mark.parametrize('ratios', [[1.0], [0.5, 1.0, 2.0]])
+def test_co_atss_head_returns_every_anchor_and_its_assignment(ratios):
     cfg = Config.fromfile(DEMO).model
-    head = build(dict(cfg.bbox_head[0], train_cfg=cfg.train_cfg[2], test_cfg=cfg.test_cfg[2]))
+    head_cfg = dict(cfg.bbox_head[0], train_cfg=cfg.train_cfg[2], test_cfg=cfg.test_cfg[2])
+    head_cfg['anchor_generator'] = dict(head_cfg['anchor_generator'], ratios=ratios)
+    head = build(head_cfg)
     data_samples = samples()
-    losses, positives = head.loss(x5(), data_samples)
+    out = head.loss_and_positives(memory(), data_samples)
+    losses, positives = out.losses, out.positives
     assert set(losses) == {'loss_cls', 'loss_bbox', 'loss_centerness'}
     # the same losses as ATSSHead computes
-    plain = head.loss_by_feat(*head(x5()), data_samples)
+    plain = head.loss(memory(), data_samples)
     for key in losses:
         torch.testing.assert_close(sum(losses[key]), sum(plain[key]))
-    assert positives.kind == 'atss' and positives.feats is None
+    per_location = len(ratios)
     anchors = torch.cat(head.prior_generator.grid_priors(SIZES))
-    assert positives.coords.shape == (2, sum(h * w for h, w in SIZES), 4)
+    assert positives.coords.shape == (2, sum(h * w for h, w in SIZES) * per_location, 4)
     assert torch.equal(positives.coords[0], anchors) and torch.equal(positives.coords[1], anchors)
+    # each anchor's feature is the memory at its location (A anchors share one)
+    flat = torch.cat([m.flatten(2).transpose(1, 2) for m in memory()], 1)
+    assert torch.equal(positives.feats, flat.repeat_interleave(per_location, 1))
     assert_targets_are_assigned_gts(positives, data_samples)
 
 
@@ -92,11 +101,12 @@ def test_co_roi_head_returns_its_sampled_rois_positives_first():
         sampled['results'] = original(*args)
         return sampled['results']
     head.sample = spy
-    losses, positives = head.loss(x5(), proposals, data_samples)
+    out = head.loss_and_positives(memory(), data_samples, proposals)
+    losses, positives = out.losses, out.positives
     assert {'loss_cls', 'acc', 'loss_bbox'} <= set(losses)
     results = sampled['results']
     num = min(len(r.priors) for r in results)
-    assert positives.kind == 'rcnn' and positives.coords.shape == (2, num, 4)
+    assert positives.coords.shape == (2, num, 4)
     for i, res in enumerate(results):
         assert torch.equal(positives.coords[i], res.priors[:num])
         num_pos = len(res.pos_inds)
@@ -105,5 +115,5 @@ def test_co_roi_head_returns_its_sampled_rois_positives_first():
     assert_targets_are_assigned_gts(positives, data_samples)
     # the RoI features averaged over the bins, with their graph
     rois = bbox2roi([r.priors[:num] for r in results])
-    pooled = head.bbox_roi_extractor(x5()[:4], rois).mean((2, 3)).view(2, num, E)
+    pooled = head.bbox_roi_extractor(memory()[:4], rois).mean((2, 3)).view(2, num, E)
     torch.testing.assert_close(positives.feats, pooled)

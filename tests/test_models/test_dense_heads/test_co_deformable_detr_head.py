@@ -1,4 +1,4 @@
-"""CoDeformDETRHead's positive queries (get_aux_targets, loss_aux) and CoDeformableDetrTransformer's
+"""CoDeformDETRHead's positive queries (get_aux_targets, loss_aux), CoDeformableDetrTransformer's
 auxiliary decoder pass, on the demo config's small query head."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 
-from rcnn_det.models.utils import AuxPositives
+from rcnn_det.models.auxiliary_heads import AuxPositives
 from rcnn_det.registry import MODELS
 from rcnn_det.structures import DetDataSample, bbox_xyxy_to_cxcywh
 from tests.conftest import REPO_ROOT
@@ -36,14 +36,13 @@ def metas(shapes=((64, 80), (48, 64))):
 
 
 def maps(seed: int = 0):
-    """x5: the 4 memory maps (strides 8..64) and the extra stride-128 one."""
+    """The memory maps: the encoder's 4 (strides 8..64) and the extra stride-128 one."""
     g = torch.Generator().manual_seed(seed)
     sizes = [(8, 10), (4, 5), (2, 3), (1, 2), (1, 1)]
     return tuple(torch.randn(2, E, h, w, generator=g) for h, w in sizes)
 
 
-def positives(num_pos: tuple[int, int], num_priors: int = 60, with_feats: bool = True,
-              seed: int = 0) -> AuxPositives:
+def positives(num_pos: tuple[int, int], num_priors: int = 60, seed: int = 0) -> AuxPositives:
     g = torch.Generator().manual_seed(seed)
     xy = torch.rand(2, num_priors, 2, generator=g) * 40
     coords = torch.cat([xy, xy + 5 + torch.rand(2, num_priors, 2, generator=g) * 20], -1)
@@ -53,15 +52,13 @@ def positives(num_pos: tuple[int, int], num_priors: int = 60, with_feats: bool =
         idx = torch.randperm(num_priors, generator=g)[:n]
         labels[i, idx] = torch.randint(0, C, (n,), generator=g)
         targets[i, idx] = coords[i, idx] + torch.randn(n, 4, generator=g)
-    feats = torch.randn(2, num_priors, E, generator=g) if with_feats else None
-    return AuxPositives(coords, labels, targets, feats, 'rcnn' if with_feats else 'atss')
+    return AuxPositives(coords, labels, targets, torch.randn(2, num_priors, E, generator=g))
 
 
 def test_positive_queries_follow_the_auxiliary_assignment(head):
     pos = positives((12, 3))
     torch.manual_seed(0)
-    coords, labels, targets, label_weights, bbox_weights, feats = head.get_aux_targets(
-        pos, maps(), metas())
+    coords, labels, targets, label_weights, bbox_weights, feats = head.get_aux_targets(pos, metas())
     num = 12                                  # the most positives of an image
     assert coords.shape == targets.shape == (2, num, 4) and feats.shape == (2, num, E)
     assert torch.equal(label_weights, torch.ones(2, num))   # padding negatives are trained too
@@ -89,41 +86,32 @@ def test_number_of_positive_queries(head, num_pos, expected, monkeypatch):
     """clamp(the most positives of an image, 9, max_pos_coords) (and at most the priors)."""
     monkeypatch.setattr(head, 'max_pos_coords', 50)
     pos = positives(num_pos, num_priors=80)
-    labels = head.get_aux_targets(pos, maps(), metas())[1]
+    labels = head.get_aux_targets(pos, metas())[1]
     assert labels.shape == (2, expected)
     for i, n in enumerate(num_pos):
         assert int((labels[i] < C).sum()) == min(n, expected)
 
 
-def test_atss_features_are_the_maps_per_location(head):
-    """'atss' priors are one anchor per location of x5's maps, level-major, row-major."""
-    x5 = maps()
-    num_priors = sum(m.shape[2] * m.shape[3] for m in x5)
-    pos = positives((num_priors, num_priors), num_priors=num_priors, with_feats=False)
-    pos.labels[:] = 1                          # all positive: n = 50 of them, in random order
-    torch.manual_seed(0)
-    coords, _, _, _, _, feats = head.get_aux_targets(pos, x5, metas())
-    flat = torch.cat([m.flatten(2).transpose(1, 2) for m in x5], 1)
-    for i, scale in enumerate([torch.tensor([80., 64., 80., 64.]),
-                               torch.tensor([64., 48., 64., 48.])]):
-        all_coords = bbox_xyxy_to_cxcywh(pos.coords[i] / scale)
-        for q in range(coords.shape[1]):
-            a = int((all_coords - coords[i, q]).abs().sum(-1).argmin())
-            assert torch.equal(feats[i, q], flat[i, a])
+def test_positives_must_be_per_query():
+    pos = positives((3, 2))
+    with pytest.raises(ValueError, match='feats must be'):
+        AuxPositives(pos.coords, pos.labels, pos.targets, pos.feats[:, :10])
+    with pytest.raises(ValueError, match='coords must be'):
+        AuxPositives(pos.coords[:1], pos.labels, pos.targets, pos.feats)
 
 
 def test_loss_aux_keys_weights_and_isolation_from_the_matching_queries(head, monkeypatch):
     samples = [DetDataSample(metainfo=m) for m in metas()]
-    x5, pos = maps(), positives((5, 2))
+    memory, pos = maps(), positives((5, 2))
     torch.manual_seed(0)
-    losses = head.loss_aux(x5, pos, 1, samples)
+    losses = head.loss_aux(memory, pos, 1, samples)
     assert set(losses) == {f'{p}loss_{n}_aux' for p in ('', 'd0.', 'd1.')
                            for n in ('cls', 'bbox', 'iou')}
     assert all(torch.isfinite(v) for v in losses.values())
     # lambda_1 scales every term
     monkeypatch.setattr(head, 'lambda_1', 3.0)
     torch.manual_seed(0)
-    tripled = head.loss_aux(x5, pos, 1, samples)
+    tripled = head.loss_aux(memory, pos, 1, samples)
     for key, value in losses.items():
         torch.testing.assert_close(tripled[key], 3 * value)
     # the positive queries never see the matching queries (their own decoder pass)
@@ -132,7 +120,7 @@ def test_loss_aux_keys_weights_and_isolation_from_the_matching_queries(head, mon
         head.query_embedding.weight.mul_(-3.0)
     try:
         torch.manual_seed(0)
-        again = head.loss_aux(x5, pos, 1, samples)
+        again = head.loss_aux(memory, pos, 1, samples)
     finally:
         with torch.no_grad():
             head.query_embedding.weight.copy_(saved)
@@ -144,31 +132,32 @@ def test_auxiliary_heads_have_their_own_query_transforms(head):
     """head k's positives go through aux_pos_trans[k], pos_feats_trans[k] and the scalar
     head_pos_embed[k]; another k gives other queries, an unknown k an error."""
     samples = [DetDataSample(metainfo=m) for m in metas()]
-    x5, pos = maps(), positives((5, 2))
+    memory, pos = maps(), positives((5, 2))
     torch.manual_seed(0)
-    first = head.loss_aux(x5, pos, 0, samples)
+    first = head.loss_aux(memory, pos, 0, samples)
     torch.manual_seed(0)
-    second = head.loss_aux(x5, pos, 1, samples)
+    second = head.loss_aux(memory, pos, 1, samples)
     assert any(not torch.allclose(first[k], second[k]) for k in first)
     assert head.transformer.head_pos_embed.weight.shape == (2, 1)
     with pytest.raises(IndexError, match='auxiliary head 2 of 2'):
-        head.loss_aux(x5, pos, 2, samples)
+        head.loss_aux(memory, pos, 2, samples)
 
 
 def test_memory_maps_and_the_extra_level(head):
-    """forward's x5: the encoder memory split back into the 4 maps, plus downsample(map 3)."""
+    """forward's memory maps: the encoder memory split back into the 4 maps, plus
+    downsample(map 3)."""
     head.eval()
     g = torch.Generator().manual_seed(3)
     sizes = [(8, 10), (4, 5), (2, 3), (1, 2)]
     feats = tuple(torch.randn(2, E, h, w, generator=g) for h, w in sizes)
     with torch.no_grad():
         *_, enc = head.forward_with_memory(feats, metas())
-        x5 = head(feats, metas())[-1]
-    assert len(x5) == 5
-    for got, (h, w), start in zip(x5, [(8, 10), (4, 5), (2, 3), (1, 2)], [0, 80, 100, 106]):
+        memory = head(feats, metas())[-1]
+    assert len(memory) == 5
+    for got, (h, w), start in zip(memory, [(8, 10), (4, 5), (2, 3), (1, 2)], [0, 80, 100, 106]):
         expected = enc.memory[:, start:start + h * w].transpose(1, 2).reshape(2, E, h, w)
         torch.testing.assert_close(got, expected)
-    torch.testing.assert_close(x5[4], head.downsample(x5[3]))
+    torch.testing.assert_close(memory[4], head.downsample(memory[3]))
     head.train()
 
 

@@ -9,8 +9,7 @@ from mmengine.structures import InstanceData
 from torchvision.ops import nms
 
 from rcnn_det.models.dense_heads import RPNHead
-from rcnn_det.models.dense_heads.rpn_head import clip_to_shapes, select_proposals
-from rcnn_det.models.recipes import ProposalRecipe
+from rcnn_det.models.recipes import NMSConfig, ProposalRecipe
 from rcnn_det.models.task_modules import anchor_targets
 from rcnn_det.registry import MODELS
 from rcnn_det.structures import DetDataSample
@@ -99,8 +98,8 @@ def test_loss_values_against_per_anchor_loop():
                            for y in range(n) for _ in range(n) for _ in range(3)]])
     assert 0 < int(valid[1].sum()) < 240
     gts = [s.gt_instances for s in samples()]
-    t = anchor_targets(torch.cat(anchors), valid, gts, [None, None], head.assigner,
-                       head.sampler, head.bbox_coder, 1, class_agnostic=True)
+    t = anchor_targets(torch.cat(anchors), valid, gts, [None, None], head.train_recipe,
+                       head.bbox_coder, 1, class_agnostic=True)
     assert t.num_pos > 0
     cls_terms, box_terms = [0.0, 0.0], [0.0, 0.0]
     for b in range(2):
@@ -152,7 +151,7 @@ def reference_proposals(head: RPNHead, cls_scores, bbox_preds, metas, recipe: Pr
                 big = ((boxes[:, 2] - boxes[:, 0] > recipe.min_bbox_size)
                        & (boxes[:, 3] - boxes[:, 1] > recipe.min_bbox_size))
                 boxes, level_scores = boxes[big], level_scores[big]
-            keep = nms(boxes, level_scores, recipe.iou_threshold)
+            keep = nms(boxes, level_scores, recipe.nms.iou_threshold)
             all_boxes.append(boxes[keep])
             all_scores.append(level_scores[keep])
         boxes, scores = torch.cat(all_boxes), torch.cat(all_scores)
@@ -169,7 +168,8 @@ def test_predict_by_feat_equals_brute_force(nms_pre, max_per_img, iou, min_size)
     cls_scores = [torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 4, 4, generator=g)]
     bbox_preds = [torch.randn(2, 12, 8, 8, generator=g) * 0.7,
                   torch.randn(2, 12, 4, 4, generator=g) * 0.7]
-    recipe = ProposalRecipe(nms_pre=nms_pre, max_per_img=max_per_img, iou_threshold=iou,
+    recipe = ProposalRecipe(nms_pre=nms_pre, max_per_img=max_per_img,
+                            nms=NMSConfig(iou_threshold=iou),
                             min_bbox_size=min_size)
     got = head.predict_by_feat(cls_scores, bbox_preds, METAS, recipe)
     expected = reference_proposals(head, cls_scores, bbox_preds, METAS, recipe)
@@ -198,10 +198,11 @@ def test_min_bbox_size_filters():
     # 8 * sqrt(2) = 11.3 wide and high, level 1 anchors are at most 22.6
     keep_all = head.predict_by_feat(cls_scores, bbox_preds, METAS,
                                     ProposalRecipe(nms_pre=1000, max_per_img=1000,
-                                                   iou_threshold=1.0, min_bbox_size=-1))
+                                                   nms=NMSConfig(iou_threshold=1.0),
+                                                   min_bbox_size=-1))
     big = head.predict_by_feat(cls_scores, bbox_preds, METAS,
                                ProposalRecipe(nms_pre=1000, max_per_img=1000,
-                                              iou_threshold=1.0, min_bbox_size=11.5))
+                                              nms=NMSConfig(iou_threshold=1.0), min_bbox_size=11.5))
     for all_res, big_res in zip(keep_all, big):
         wh = all_res.bboxes[:, 2:] - all_res.bboxes[:, :2]
         expected = int(((wh[:, 0] > 11.5) & (wh[:, 1] > 11.5)).sum())
@@ -210,56 +211,45 @@ def test_min_bbox_size_filters():
         assert ((big_res.bboxes[:, 2:] - big_res.bboxes[:, :2]) > 11.5).all()
 
 
-def test_select_proposals_groups_by_image_and_level():
-    # two identical boxes on different levels survive; on the same level NMS keeps one
-    box = torch.tensor([0., 0., 10., 10.])
-    boxes = torch.stack([box, box, box, box + 20])[None].repeat(2, 1, 1)   # (B=2, M=4, 4)
-    scores = torch.tensor([[0.9, 0.8, 0.7, 0.6], [0.5, 0.95, 0.1, 0.2]])
-    levels = torch.tensor([0, 0, 1, 1])
-    res = select_proposals(scores, boxes, levels, ProposalRecipe(max_per_img=10), 2)
-    assert res[0].scores.tolist() == pytest.approx([0.9, 0.7, 0.6])
-    assert res[1].scores.tolist() == pytest.approx([0.95, 0.2, 0.1])
-    res = select_proposals(scores, boxes, levels, ProposalRecipe(max_per_img=2, score_thr=0.3),
-                           2)
-    assert res[0].scores.tolist() == pytest.approx([0.9, 0.7])
-    assert res[1].scores.tolist() == pytest.approx([0.95])
-
-
-def test_clip_to_shapes_per_image():
-    boxes = torch.tensor([[[-5., -5., 50., 50.]], [[-5., -5., 50., 50.]]])
-    out = clip_to_shapes(boxes, torch.tensor([[30, 20], [10, 40]]))       # (h, w)
-    assert out.tolist() == [[[0., 0., 20., 30.]], [[0., 0., 40., 10.]]]
-
-
-def test_predict_rescale_divides_by_scale_factor():
+def test_min_bbox_size_in_the_original_frame_for_final_proposals():
+    # mmdet's RPN detector measures min_bbox_size after rescaling to the original image: with
+    # scale factors (1.5, 0.5) a side of s input pixels is s / 1.5 or s / 0.5 original pixels.
     head = make_head()
-    x = feats(5)
-    plain = head.predict(x, samples(), rescale=False)
-    scaled = head.predict(x, samples(), rescale=True)
-    for p, s, meta in zip(plain, scaled, METAS):
+    g = torch.Generator().manual_seed(4)
+    cls_scores = [torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 4, 4, generator=g)]
+    bbox_preds = [torch.zeros(2, 12, 8, 8), torch.zeros(2, 12, 4, 4)]
+    base = dict(nms_pre=1000, max_per_img=1000, nms=NMSConfig(iou_threshold=1.0),
+                min_bbox_size=5.0)
+    every = head.predict_by_feat(cls_scores, bbox_preds, METAS,
+                                 ProposalRecipe(**dict(base, min_bbox_size=-1)))
+    original = head.predict_by_feat(cls_scores, bbox_preds, METAS,
+                                    ProposalRecipe(**base, size_frame='original'))
+    for all_res, res, meta in zip(every, original, METAS):
         sx, sy = meta['scale_factor']
-        torch.testing.assert_close(s.bboxes, p.bboxes / torch.tensor([sx, sy, sx, sy]))
-        torch.testing.assert_close(s.scores, p.scores)
+        wh = (all_res.bboxes[:, 2:] - all_res.bboxes[:, :2]) / torch.tensor([sx, sy])
+        expected = int((wh > 5.0).all(1).sum())
+        assert 0 < expected < len(all_res) and len(res) == expected
+    input_frame = head.predict_by_feat(cls_scores, bbox_preds, METAS, ProposalRecipe(**base))
+    assert [len(r) for r in input_frame] != [len(r) for r in original]
 
 
-def test_loss_and_predict_detaches_and_reads_dict_recipe():
+def test_loss_and_predict_detaches_its_proposals():
     head = make_head()
     x = tuple(f.requires_grad_() for f in feats(6))
-    losses, proposals = head.loss_and_predict(
-        x, samples(), dict(nms_pre=40, max_per_img=12, nms=dict(type='nms', iou_threshold=0.7),
-                           min_bbox_size=0))
+    recipe = ProposalRecipe.from_cfg(dict(nms_pre=40, max_per_img=12, min_bbox_size=0,
+                                          nms=dict(type='nms', iou_threshold=0.7)), 'where')
+    losses, proposals = head.loss_and_predict(x, samples(), recipe)
     assert set(losses) == {'loss_rpn_cls', 'loss_rpn_bbox'}
     assert len(proposals) == 2 and all(len(p) <= 12 for p in proposals)
     assert all(not p.bboxes.requires_grad for p in proposals)
-    with pytest.raises(KeyError, match='max_per_img'):
-        head.loss_and_predict(x, samples(), dict(max_num=10, nms_thr=0.7))
 
 
 def test_loss_and_predict_equals_separate_loss_and_predict():
     # loss_and_predict builds the anchor grid once for both; the results must not change.
     head = make_head()
     x = feats(7)
-    recipe = ProposalRecipe(nms_pre=40, max_per_img=12, iou_threshold=0.7, min_bbox_size=0)
+    recipe = ProposalRecipe(nms_pre=40, max_per_img=12, nms=NMSConfig(iou_threshold=0.7),
+                            min_bbox_size=0)
     torch.manual_seed(0)
     losses, proposals = head.loss_and_predict(x, samples(), recipe)
     cls_scores, bbox_preds = head(x)

@@ -16,7 +16,8 @@ from tests.conftest import REPO_ROOT
 
 CONFIG = REPO_ROOT / 'configs' / 'co_detr' / 'co_deformable_detr_r50_1x_coco.py'
 
-# CO_DETR.md section 7: counts of the official model, and a sample of its keys with shapes.
+# docs/co_detr.md, "Checkpoint names, shapes and counts": counts of the official model, and a
+# sample of its keys with shapes.
 NUM_KEYS = 676
 NUM_PARAMS, NUM_TRAINABLE = 65_129_894, 64_854_374
 PER_MODULE = dict(backbone=(23_508_032, 318), neck=(5_638_144, 12),
@@ -71,7 +72,7 @@ ABSENT_KEYS = ('query_head.transformer.reference_points.weight', 'query_head.inp
 
 
 def expected_loss_keys() -> set[str]:
-    """CO_DETR.md section 4.2: the 65 keys of one training iteration."""
+    """docs/co_detr.md, "Loss keys of one training iteration": the 65 keys of one step."""
     query = {f'{p}loss_{n}' for p in ['', 'enc_', 'd0.', 'd1.', 'd2.', 'd3.', 'd4.']
              for n in ('cls', 'bbox', 'iou')}
     aux_heads = {'loss_rpn_cls', 'loss_rpn_bbox', 'loss_cls0', 'acc0', 'loss_bbox0', 'loss_cls1',

@@ -13,6 +13,7 @@ from mmengine.structures import InstanceData
 
 from conftest import REPO_ROOT
 from rcnn_det.models.detectors.deformable_detr import convert_mmdet3_keys
+from rcnn_det.models.post_processing import to_original_image
 from rcnn_det.registry import MODELS
 from rcnn_det.structures import bbox_cxcywh_to_xyxy
 from test_models.test_detectors.test_faster_rcnn import make_batch
@@ -216,7 +217,7 @@ def test_predict_top_pairs_and_rescale():
     boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.25, 0.5, 0.5, 0.4], [0.5, 0.5, 1, 1],
                            [0.9, 0.9, 0.4, 0.4]]])
     meta = dict(img_shape=(100, 200), scale_factor=(2.0, 0.5))
-    res = head.predict_by_feat(scores, boxes, [meta], rescale=True)[0]
+    res = to_original_image(head.predict_by_feat(scores, boxes, [meta]), [meta])[0]
     assert res.labels.tolist() == [5, 6, 0]
     torch.testing.assert_close(res.scores, torch.tensor([3.0, 2.0, 1.0]).sigmoid())
     # query 1 twice (two classes); query 3 clamped to the image, then divided by (2, 0.5)

@@ -12,6 +12,7 @@ from mmengine.logging import MMLogger
 from mmengine.structures import InstanceData
 
 from conftest import REPO_ROOT
+from rcnn_det.models.post_processing import to_original_image
 from rcnn_det.registry import MODELS
 from test_models.test_detectors.test_faster_rcnn import MMDET_KEYS, MMDET_NUM_KEYS, make_batch
 from test_structures.test_mask import assert_binary_matches, paste_reference
@@ -59,7 +60,7 @@ def test_config_and_state_dict_keys_match_mmdetection(r50_mask_model):
     model = r50_mask_model
     assert type(model).__name__ == 'MaskRCNN'
     assert model.roi_head.with_mask and not model.roi_head.share_roi_extractor
-    assert model.roi_head.mask_recipe.mask_size == 28
+    assert model.roi_head.train_recipe.mask.mask_size == 28
     assert model.roi_head.mask_roi_extractor.roi_layers[0].output_size == (14, 14)
     assert model.roi_head.test_recipe.mask_thr_binary == 0.5
     state = model.state_dict()
@@ -127,7 +128,8 @@ def test_predict_mask_on_hand_made_detections(r50_mask_model, features_of_one_im
     dets = InstanceData(bboxes=boxes.clone(), scores=torch.tensor([0.9, 0.8, 0.7]),
                         labels=labels)
     with torch.no_grad():
-        res = model.roi_head.predict_mask(x, [meta], [dets], rescale=rescale)[0]
+        res = to_original_image(model.roi_head.predict_mask(x, [dets]), [meta], rescale,
+                                model.roi_head.mask_paste)[0]
         rois = torch.cat([torch.zeros(3, 1), boxes], 1)           # network-input frame
         probs = model.roi_head.mask_forward(x, rois)[torch.arange(3), labels].sigmoid()
     frame = (320, 448) if rescale else (160, 224)

@@ -239,7 +239,7 @@ def test_one_training_iteration(cfg, monkeypatch):
                           generator=torch.Generator().manual_seed(0))
 
     proposal_counts, samples = [], []
-    roi_loss, sample_rois = model.roi_head.loss, model.roi_head.sampler.sample
+    roi_loss, sample_rois = model.roi_head.loss, model.roi_head.train_recipe.sampler.sample
 
     def record_proposals(x, rpn_results_list, data_samples):
         proposal_counts.extend(len(r) for r in rpn_results_list)
@@ -249,7 +249,7 @@ def test_one_training_iteration(cfg, monkeypatch):
         samples.append(sample_rois(*args, **kwargs))
         return samples[-1]
     monkeypatch.setattr(model.roi_head, 'loss', record_proposals)
-    monkeypatch.setattr(model.roi_head.sampler, 'sample', record_samples)
+    monkeypatch.setattr(model.roi_head.train_recipe.sampler, 'sample', record_samples)
 
     model.train()
     data = model.data_preprocessor(dict(inputs=[image], data_samples=[sample]), True)

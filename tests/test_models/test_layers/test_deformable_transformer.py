@@ -3,8 +3,9 @@
 
 Every number is compared with a reference written independently: Python loops over pixels,
 coordinates and frequencies, or a hand-run of the sub-modules in the documented order
-(CO_DETR.md section 1.3). The state dict of the Co-DETR-sized transformer is checked against the
-checkpoint names of section 7, and ``init_weights`` against mmdet 2.x's.
+(docs/co_detr.md, "Transformer order of operations"). The state dict of the Co-DETR-sized
+transformer is checked against the official checkpoint names (same file, "Checkpoint names,
+shapes and counts"), and ``init_weights`` against mmdet 2.x's.
 
 Shape letters: B = 2 images, Q queries, N tokens over L = 2 levels, C = 16 (tiny) channels.
 """

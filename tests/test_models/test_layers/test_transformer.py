@@ -3,7 +3,8 @@ layers) against mmcv's own classes from mmcv-lite: the same config builds both, 
 loads into ours with ``strict=True`` (same child names and shapes), and the outputs agree in eval
 mode. Layers holding MultiScaleDeformableAttention (absent from mmcv-lite) are checked against a
 hand-composed run of their sub-modules in the documented order, and the Co-DETR-sized encoder
-and decoder layer against the checkpoint keys of the design brief (CO_DETR.md section 7).
+and decoder layer against the official checkpoint keys (docs/co_detr.md, "Checkpoint names,
+shapes and counts").
 The FFN width and the encoder's final norm follow mmcv / mmdet 2.x (tests at the end).
 
 Shape letters: B = 2 images, Q queries, K keys, C = embed_dims; seq-first tensors are (Q, B, C).
@@ -417,7 +418,7 @@ def test_deformable_decoder_layer_matches_documented_order(batch_first, ref_dim)
     assert_close(out, layer.norms[2](ffn_residual(layer.ffns[0], t)))
 
 
-# ---------------------------------------------------------------- checkpoint keys (section 7)
+# ---------- checkpoint keys (docs/co_detr.md, "Checkpoint names, shapes and counts")
 
 
 def co_detr_encoder(**kwargs):

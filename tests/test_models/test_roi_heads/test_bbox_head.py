@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import nms
 
-from rcnn_det.models.recipes import DetectionRecipe
+from rcnn_det.models.recipes import DetectionRecipe, NMSConfig
 from rcnn_det.models.roi_heads import RoITargets, Shared2FCBBoxHead
 from rcnn_det.models.task_modules import DeltaXYWHBBoxCoder, SamplingResult
 from rcnn_det.registry import MODELS
@@ -31,7 +31,8 @@ def sampling_result(pos_priors, pos_gts, pos_labels, neg_priors) -> SamplingResu
         pos_gt_bboxes=torch.tensor(pos_gts).reshape(-1, 4),
         pos_gt_labels=torch.tensor(pos_labels, dtype=torch.long),
         pos_assigned_gt_inds=torch.zeros(num_pos, dtype=torch.long),
-        pos_is_gt=torch.zeros(num_pos, dtype=torch.bool), num_gts=1)
+        pos_is_gt=torch.zeros(num_pos, dtype=torch.bool), num_gts=1,
+        avg_factor=max(num_pos, 1) + max(num_neg, 1))
 
 
 RESULTS = [
@@ -116,7 +117,7 @@ def test_loss_reg_decoded_bbox_decodes_each_rois_own_deltas():
     torch.testing.assert_close(losses['loss_bbox'], expected)
 
 
-def reference_detections(rois, cls_score, bbox_pred, metas, recipe, rescale, agnostic=False):
+def reference_detections(rois, cls_score, bbox_pred, metas, recipe, agnostic=False):
     coder = DeltaXYWHBBoxCoder(target_stds=STDS)
     probs = cls_score.softmax(-1)
     out = []
@@ -132,9 +133,6 @@ def reference_detections(rois, cls_score, bbox_pred, metas, recipe, rescale, agn
                 box = coder.decode(rois[i, 1:][None], delta[None])[0]
                 box = torch.stack([box[0].clamp(0, w), box[1].clamp(0, h),
                                    box[2].clamp(0, w), box[3].clamp(0, h)])
-                if rescale:
-                    sx, sy = meta['scale_factor']
-                    box = box / torch.tensor([sx, sy, sx, sy])
                 if min(box[2] - box[0], box[3] - box[1]) <= recipe.min_bbox_size:
                     continue
                 cand_boxes.append(box)
@@ -142,7 +140,7 @@ def reference_detections(rois, cls_score, bbox_pred, metas, recipe, rescale, agn
             if not cand_boxes:
                 continue
             cand_boxes, cand_scores = torch.stack(cand_boxes), torch.stack(cand_scores)
-            keep = nms(cand_boxes, cand_scores, recipe.iou_threshold)
+            keep = nms(cand_boxes, cand_scores, recipe.nms.iou_threshold)
             boxes.append(cand_boxes[keep])
             scores.append(cand_scores[keep])
             labels += [c] * len(keep)
@@ -162,12 +160,10 @@ def random_rois(g, num: int, image: int, size: float) -> torch.Tensor:
     return torch.cat([torch.full((num, 1), float(image)), xy, xy + wh], 1)
 
 
-@pytest.mark.parametrize('rescale, score_thr, iou, max_per_img, agnostic, min_size', [
-    (False, 0.05, 0.5, 100, False, -1), (True, 0.2, 0.3, 7, False, -1),
-    (True, 0.0, 0.5, 100, True, -1), (False, 0.9, 0.5, 100, False, -1),
-    (False, 0.05, 0.5, 100, False, 12.0)])
-def test_predict_by_feat_equals_brute_force(rescale, score_thr, iou, max_per_img, agnostic,
-                                            min_size):
+@pytest.mark.parametrize('score_thr, iou, max_per_img, agnostic, min_size', [
+    (0.05, 0.5, 100, False, -1), (0.2, 0.3, 7, False, -1), (0.0, 0.5, 100, True, -1),
+    (0.9, 0.5, 100, False, -1), (0.05, 0.5, 100, False, 12.0)])
+def test_predict_by_feat_equals_brute_force(score_thr, iou, max_per_img, agnostic, min_size):
     head = make_head(reg_class_agnostic=agnostic)
     g = torch.Generator().manual_seed(4)
     rois = torch.cat([random_rois(g, 25, 0, 60.), random_rois(g, 18, 1, 40.)])
@@ -175,15 +171,14 @@ def test_predict_by_feat_equals_brute_force(rescale, score_thr, iou, max_per_img
     bbox_pred = torch.randn(43, 4 if agnostic else 4 * NUM_CLASSES, generator=g) * 0.5
     metas = [dict(img_shape=(50, 45), scale_factor=(1.5, 2.0)),
              dict(img_shape=(30, 40), scale_factor=(0.5, 0.25))]
-    recipe = DetectionRecipe(score_thr=score_thr, iou_threshold=iou, max_per_img=max_per_img,
-                             min_bbox_size=min_size)
-    got = head.predict_by_feat(rois, cls_score, bbox_pred, metas, recipe, rescale)
+    recipe = DetectionRecipe(score_thr=score_thr, nms=NMSConfig(iou_threshold=iou),
+                             max_per_img=max_per_img, min_bbox_size=min_size)
+    got = head.predict_by_feat(rois, cls_score, bbox_pred, metas, recipe)
     if min_size > 0:   # the size filter really removes boxes
         unfiltered = head.predict_by_feat(rois, cls_score, bbox_pred, metas,
-                                          DetectionRecipe(score_thr=score_thr), rescale)
+                                          DetectionRecipe(score_thr=score_thr))
         assert sum(map(len, got)) < sum(map(len, unfiltered))
-    expected = reference_detections(rois, cls_score, bbox_pred, metas, recipe, rescale,
-                                    agnostic)
+    expected = reference_detections(rois, cls_score, bbox_pred, metas, recipe, agnostic)
     suppressed = 0
     for res, (boxes, scores, labels), b in zip(got, expected, range(2)):
         assert len(res) == len(boxes) <= max_per_img

@@ -14,6 +14,7 @@ from mmengine.logging import MMLogger
 from mmengine.structures import InstanceData
 from torchvision.ops import box_iou
 
+from rcnn_det.models.post_processing import to_original_image
 from rcnn_det.models.roi_heads import StandardRoIHead
 from rcnn_det.models.roi_heads.mask_heads import FCNMaskHead, MaskTargetRecipe
 from rcnn_det.models.task_modules import SamplingResult
@@ -120,7 +121,8 @@ def sampling_result(pos_priors, gt_inds, labels) -> SamplingResult:
         pos_gt_bboxes=pos_priors.clone(),
         pos_gt_labels=torch.tensor(labels, dtype=torch.long),
         pos_assigned_gt_inds=torch.tensor(gt_inds, dtype=torch.long),
-        pos_is_gt=torch.zeros(num_pos, dtype=torch.bool), num_gts=max(gt_inds, default=-1) + 1)
+        pos_is_gt=torch.zeros(num_pos, dtype=torch.bool), num_gts=max(gt_inds, default=-1) + 1,
+        avg_factor=max(num_pos, 1) + 1)
 
 
 def two_images():
@@ -311,11 +313,11 @@ def test_mask_size_is_required_for_training():
     with pytest.raises(KeyError, match='mask_size'):
         build_roi_head(mask_size=None)
     head = build_roi_head(train=False)       # an inference-only head needs none
-    assert head.with_mask and head.mask_recipe is None
-    assert build_roi_head(mask_size=14).mask_recipe == MaskTargetRecipe(mask_size=14)
+    assert head.with_mask and head.train_recipe is None
+    assert build_roi_head(mask_size=14).train_recipe.mask == MaskTargetRecipe(mask_size=14)
     cfg = roi_head_cfg()
     cfg['train_cfg'].update(soft_mask_target=True, mask_target_aligned=False)
-    assert MODELS.build(cfg).mask_recipe == MaskTargetRecipe(28, True, False)
+    assert MODELS.build(cfg).train_recipe.mask == MaskTargetRecipe(28, True, False)
 
 
 def test_loss_without_gt_masks_names_load_annotations():
@@ -375,11 +377,13 @@ def test_predict_masks_in_the_requested_frame(rescale):
     head = build_roi_head(train=False).eval()
     x, proposals, samples = batch()
     with torch.no_grad():
-        results = head.predict(x, proposals, samples, rescale=rescale)
+        # the head predicts in the network input's frame; the detector's one conversion pastes
+        results = to_original_image(head.predict(x, proposals, samples),
+                                    [s.metainfo for s in samples], rescale, head.mask_paste)
         boxes_only = head.bbox_head.predict_by_feat(
             bbox2roi([p.bboxes for p in proposals]), *head.bbox_forward(
                 x, bbox2roi([p.bboxes for p in proposals])),
-            [s.metainfo for s in samples], head.test_recipe, rescale=False)
+            [s.metainfo for s in samples], head.test_recipe)
     assert len(results) == 2
     for b, (res, ref, sample) in enumerate(zip(results, boxes_only, samples)):
         meta = sample.metainfo

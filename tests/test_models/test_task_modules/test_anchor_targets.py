@@ -4,8 +4,9 @@ from __future__ import annotations
 import torch
 from mmengine.structures import InstanceData
 
-from rcnn_det.models.task_modules import (DeltaXYWHBBoxCoder, MaxIoUAssigner, RandomSampler,
-                                          anchor_targets)
+from rcnn_det.models.task_modules import (DeltaXYWHBBoxCoder, MaxIoUAssigner, PseudoSampler,
+                                          RandomSampler, anchor_targets)
+from rcnn_det.models.task_modules.anchor_targets import AnchorTrainRecipe
 
 # Five anchors against one ground truth [0, 0, 10, 10] (pos_iou_thr 0.7, neg_iou_thr 0.3):
 ANCHORS = torch.tensor([
@@ -22,12 +23,16 @@ CODER = DeltaXYWHBBoxCoder()
 NUM_CLASSES = 8
 
 
+def recipe(sampler=None, assigner=ASSIGNER, pos_weight=-1) -> AnchorTrainRecipe:
+    return AnchorTrainRecipe(assigner, sampler or PseudoSampler(), pos_weight)
+
+
 def run(sampler=None, valid=VALID, gts=(GT,), **kwargs):
-    return anchor_targets(ANCHORS, valid, list(gts), [None] * len(gts), ASSIGNER, sampler, CODER,
+    return anchor_targets(ANCHORS, valid, list(gts), [None] * len(gts), recipe(sampler), CODER,
                           NUM_CLASSES, **kwargs)
 
 
-def test_hand_checked_single_image_without_sampler():
+def test_hand_checked_single_image_with_the_pseudo_sampler():
     t = run()
     assert t.labels.tolist() == [[5, 8, 8, 5, 8]]          # background = num_classes
     assert t.label_weights.tolist() == [[1., 0., 1., 1., 0.]]
@@ -62,8 +67,8 @@ def test_invalid_anchors_get_zero_weight_even_when_they_match():
 
 
 def test_class_agnostic_and_pos_weight_and_decoded_targets():
-    t = anchor_targets(ANCHORS, VALID, [GT], [None], ASSIGNER, None, CODER, num_classes=1,
-                       class_agnostic=True, pos_weight=2.5)
+    t = anchor_targets(ANCHORS, VALID, [GT], [None], recipe(pos_weight=2.5), CODER,
+                       num_classes=1, class_agnostic=True)
     assert t.labels.tolist() == [[0, 1, 1, 0, 1]]
     assert t.label_weights.tolist() == [[2.5, 0., 1., 2.5, 0.]]
     t = run(reg_decoded_bbox=True)
@@ -76,8 +81,8 @@ def test_two_images_one_without_objects_and_ignored_regions():
     valid = torch.tensor([[True] * 5, [True, True, True, False, False]])
     ignore = InstanceData(bboxes=torch.tensor([[29., 29., 41., 41.]]), labels=torch.zeros(1))
     assigner = MaxIoUAssigner(pos_iou_thr=0.7, neg_iou_thr=0.3, ignore_iof_thr=0.5)
-    t = anchor_targets(ANCHORS, valid, [GT, no_objects], [ignore, None], assigner, None, CODER,
-                       NUM_CLASSES)
+    t = anchor_targets(ANCHORS, valid, [GT, no_objects], [ignore, None],
+                       recipe(assigner=assigner), CODER, NUM_CLASSES)
     # image 0: anchor 2 lies inside the ignored region -> weight 0; anchor 4 is valid here
     assert t.labels[0].tolist() == [5, 8, 8, 5, 5]
     assert t.label_weights[0].tolist() == [1., 0., 0., 1., 1.]
@@ -87,6 +92,13 @@ def test_two_images_one_without_objects_and_ignored_regions():
     assert (t.bbox_weights[1] == 0).all()
     # mmdet counts at least one positive per image: 3 + 1
     assert t.avg_factor == 4.0 and t.num_pos == 3
+
+
+def test_train_recipe_defaults_to_the_pseudo_sampler():
+    built = AnchorTrainRecipe.from_cfg(dict(assigner=dict(type='MaxIoUAssigner', pos_iou_thr=0.7,
+                                                          neg_iou_thr=0.3)), 'x')
+    assert isinstance(built.sampler, PseudoSampler) and built.pos_weight == -1
+    assert AnchorTrainRecipe.from_cfg(None, 'x') is None
 
 
 def test_avg_factor_counts_at_least_one_positive_per_image_like_mmdet():

@@ -1,3 +1,3 @@
-from .convfc_bbox_head import RoITargets, Shared2FCBBoxHead, multiclass_nms
+from .convfc_bbox_head import RoITargets, Shared2FCBBoxHead
 
-__all__ = ['RoITargets', 'Shared2FCBBoxHead', 'multiclass_nms']
+__all__ = ['RoITargets', 'Shared2FCBBoxHead']

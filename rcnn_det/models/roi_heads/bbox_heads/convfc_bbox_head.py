@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 from mmengine.structures import InstanceData
 from torch import Tensor
-from torchvision.ops import batched_nms
 
 from rcnn_det.registry import MODELS, TASK_UTILS
 
+from ...post_processing import Candidates, select_detections
 from ...recipes import DetectionRecipe, build_or_pass
 from ...task_modules.samplers import SamplingResult
 
@@ -35,33 +35,6 @@ class RoITargets:
     label_weights: Tensor   # (R,)
     bbox_targets: Tensor    # (R, 4) offsets from the RoI (or gt boxes when reg_decoded_bbox)
     bbox_weights: Tensor    # (R, 4) 1 on positives
-
-
-def multiclass_nms(boxes: Tensor, scores: Tensor, image_ids: Tensor, num_images: int,
-                   recipe: DetectionRecipe) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
-    """Per-class NMS of every image at once (one batched_nms call).
-
-    Args:
-        boxes: (K, C, 4) one box per RoI and class; scores: (K, C) without background.
-        image_ids: (K,) image of each RoI.
-    Returns:
-        per image (bboxes (D, 4), scores (D,), labels (D,), roi index (D,)), best first.
-    """
-    num_classes = scores.shape[1]
-    labels = torch.arange(num_classes, device=scores.device).expand_as(scores)     # (K, C)
-    rois = torch.arange(scores.shape[0], device=scores.device)[:, None].expand_as(scores)
-    keep = scores > recipe.score_thr
-    if recipe.min_bbox_size >= 0:
-        sides = boxes[..., 2:] - boxes[..., :2]                                 # (K, C, 2)
-        keep &= (sides > recipe.min_bbox_size).all(-1)
-    boxes, scores, labels, rois = boxes[keep], scores[keep], labels[keep], rois[keep]
-    images = image_ids[rois]
-    kept = batched_nms(boxes, scores, images * num_classes + labels, recipe.iou_threshold)
-    results = []
-    for i in range(num_images):
-        mine = kept[images[kept] == i][:recipe.max_per_img]
-        results.append((boxes[mine], scores[mine], labels[mine], rois[mine]))
-    return results
 
 
 @MODELS.register_module()
@@ -155,28 +128,26 @@ class Shared2FCBBoxHead(BaseModule):
     # ---- inference ------------------------------------------------------------------------
 
     def predict_by_feat(self, rois: Tensor, cls_score: Tensor, bbox_pred: Tensor,
-                        batch_img_metas: list[dict], recipe: DetectionRecipe,
-                        rescale: bool = False) -> list[InstanceData]:
-        """Decode, clip, optionally rescale to the original image, per-class NMS.
+                        batch_img_metas: list[dict], recipe: DetectionRecipe
+                        ) -> list[InstanceData]:
+        """Decode and clip every (RoI, class) box, then ``select_detections``: scores above
+        ``score_thr``, per-class NMS, the ``max_per_img`` best per image.
 
-        rois (K, 5) of all images; returns per image InstanceData(bboxes (D, 4), scores (D,),
-        labels (D,)) with D <= ``recipe.max_per_img``.
+        rois (K, 5) of all images; returns per image InstanceData(bboxes (D, 4) in the network
+        input's frame, scores (D,), labels (D,)).
         """
-        num_images = len(batch_img_metas)
+        num_rois = rois.shape[0]
         image_ids = rois[:, 0].long()
         scores = cls_score.softmax(-1)[:, :-1] if cls_score.numel() else cls_score[:, :-1]
         img_shapes = rois.new_tensor([m['img_shape'][:2] for m in batch_img_metas])  # (B, 2)
-        boxes = self.bbox_coder.decode(rois[:, 1:], bbox_pred)           # (K, 4C) or (K, 4)
-        boxes = boxes.reshape(rois.shape[0], bbox_pred.shape[-1] // 4, 4)
-        hw = img_shapes[image_ids]                                       # (K, 2)
-        upper = torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], -1)[:, None]  # (K, 1, 4)
-        boxes = torch.minimum(boxes.clamp(min=0), upper)
-        if rescale:
-            factors = rois.new_tensor([m['scale_factor'] for m in batch_img_metas])  # (B, 2)
-            boxes = boxes / factors[image_ids].repeat(1, 2)[:, None]
-        boxes = boxes.expand(-1, self.num_classes, 4)                   # agnostic: shared box
-        results = []
-        for det_boxes, det_scores, det_labels, _ in multiclass_nms(boxes, scores, image_ids,
-                                                                   num_images, recipe):
-            results.append(InstanceData(bboxes=det_boxes, scores=det_scores, labels=det_labels))
-        return results
+        boxes = self.bbox_coder.decode(rois[:, 1:], bbox_pred,
+                                       max_shape=img_shapes[image_ids])  # (K, 4C) or (K, 4)
+        boxes = boxes.reshape(num_rois, bbox_pred.shape[-1] // 4, 4).expand(
+            -1, self.num_classes, 4)                                     # (K, C, 4)
+        labels = torch.arange(self.num_classes, device=rois.device).expand_as(scores)  # (K, C)
+        candidates = Candidates(boxes=boxes.reshape(-1, 4), scores=scores.reshape(-1),
+                                labels=labels.reshape(-1),
+                                image_ids=image_ids[:, None].expand_as(scores).reshape(-1),
+                                groups=labels.reshape(-1), num_groups=self.num_classes)
+        return select_detections(candidates, len(batch_img_metas), recipe.nms,
+                                 recipe.max_per_img, recipe.min_bbox_size, recipe.score_thr)

@@ -15,9 +15,9 @@ from mmengine.structures import InstanceData
 from torch import Tensor
 
 from rcnn_det.registry import MODELS
-from rcnn_det.structures import crop_and_resize_masks, paste_masks, scale_boxes
+from rcnn_det.structures import crop_and_resize_masks
 
-from ...recipes import DetectionRecipe, build_or_pass
+from ...recipes import build_or_pass
 from ...task_modules.samplers import SamplingResult
 
 DEFAULT_MASK_LOSS = dict(type='CrossEntropyLoss', use_mask=True, loss_weight=1.0)
@@ -127,28 +127,21 @@ class FCNMaskHead(BaseModule):
 
     # ---- inference ------------------------------------------------------------------------
 
-    def predict_by_feat(self, mask_preds: Tensor, results_list: list[InstanceData],
-                        batch_img_metas: list[dict], recipe: DetectionRecipe,
-                        rescale: bool = False) -> list[InstanceData]:
-        """Paste each detection's mask into its image and binarise at ``mask_thr_binary``.
+    def predict_by_feat(self, mask_preds: Tensor, results_list: list[InstanceData]
+                        ) -> list[InstanceData]:
+        """Each detection's mask probabilities, of its own class (or the only channel).
 
         Args:
             mask_preds: (sum D_i, C or 1, S, S) logits of every image's detections in order.
-            results_list: per image InstanceData(bboxes (D_i, 4) in the network-input frame,
+            results_list: per image InstanceData(bboxes (D_i, 4) in the network input's frame,
                 scores, labels).
-            rescale: paste into the original image (``ori_shape``) and rescale the boxes to
-                it; otherwise into ``img_shape``.
         Returns:
-            the same InstanceData with ``masks`` (D_i, H, W) bool (and rescaled ``bboxes``).
+            the same InstanceData with ``mask_probs`` (D_i, S, S), which the detector pastes
+            into the image (``post_processing.to_original_image``).
         """
         per_image = mask_preds.split([len(res) for res in results_list])
-        for preds, res, meta in zip(per_image, results_list, batch_img_metas):
+        for preds, res in zip(per_image, results_list):
             channels = torch.zeros_like(res.labels) if self.class_agnostic else res.labels
-            probs = preds[torch.arange(preds.shape[0], device=preds.device), channels].sigmoid()
-            if rescale:
-                sx, sy = meta['scale_factor']
-                res.bboxes = scale_boxes(res.bboxes, (1 / sx, 1 / sy))
-            frame = meta['ori_shape'] if rescale else meta['img_shape']
-            res.masks = paste_masks(probs, res.bboxes, frame[:2], recipe.mask_thr_binary,
-                                    mode=recipe.mask_paste)
+            res.mask_probs = preds[torch.arange(preds.shape[0], device=preds.device),
+                                   channels].sigmoid()
         return results_list

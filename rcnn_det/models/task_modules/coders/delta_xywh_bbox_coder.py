@@ -35,7 +35,7 @@ def bbox2delta(proposals: Tensor, gt: Tensor, means: tuple[float, ...] = (0., 0.
 
 def delta2bbox(rois: Tensor, deltas: Tensor, means: tuple[float, ...] = (0., 0., 0., 0.),
                stds: tuple[float, ...] = (1., 1., 1., 1.),
-               max_shape: tuple[int, int] | None = None,
+               max_shape: tuple[int, int] | Tensor | None = None,
                wh_ratio_clip: float = DEFAULT_WH_RATIO_CLIP, clip_border: bool = True,
                add_ctr_clamp: bool = False, ctr_clamp: float = 32) -> Tensor:
     """Apply ``deltas`` (..., 4k) to ``rois`` (..., 4); returns boxes shaped like ``deltas``."""
@@ -83,9 +83,10 @@ class DeltaXYWHBBoxCoder:
         return bbox2delta(bboxes, gt_bboxes, self.means, self.stds)
 
     def decode(self, bboxes: Tensor, pred_bboxes: Tensor,
-               max_shape: tuple[int, int] | None = None,
+               max_shape: tuple[int, int] | Tensor | None = None,
                wh_ratio_clip: float = DEFAULT_WH_RATIO_CLIP) -> Tensor:
         """Boxes from ``bboxes`` (..., 4) moved by ``pred_bboxes`` (..., 4k), clipped to
-        ``max_shape`` = (h, w) when ``clip_border``."""
+        ``max_shape`` when ``clip_border``: (h, w), or a (B, 2) tensor of per-image (h, w) for
+        boxes whose first dimension is B (see ``clip_boxes``)."""
         return delta2bbox(bboxes, pred_bboxes, self.means, self.stds, max_shape, wh_ratio_clip,
                           self.clip_border, self.add_ctr_clamp, self.ctr_clamp)

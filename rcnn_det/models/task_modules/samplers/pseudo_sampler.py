@@ -13,7 +13,8 @@ from .sampling_result import SamplingResult
 @TASK_UTILS.register_module()
 class PseudoSampler:
     """mmdetection's PseudoSampler: positives are the priors assigned a ground truth,
-    negatives those assigned background; ignored priors (-1) are in neither."""
+    negatives those assigned background; ignored priors (-1) are in neither. Losses over
+    every prior are normalised by the positives only (``avg_factor``)."""
 
     def __init__(self, **kwargs) -> None:
         pass  # mmdet's accepts and ignores any argument
@@ -31,4 +32,5 @@ class PseudoSampler:
             pos_inds=pos_inds, neg_inds=neg_inds, pos_priors=priors[pos_inds, :4],
             neg_priors=priors[neg_inds, :4], pos_gt_bboxes=pos_gt_bboxes,
             pos_gt_labels=assign_result.labels[pos_inds], pos_assigned_gt_inds=pos_assigned,
-            pos_is_gt=torch.zeros_like(pos_inds, dtype=torch.bool), num_gts=len(gt_bboxes))
+            pos_is_gt=torch.zeros_like(pos_inds, dtype=torch.bool), num_gts=len(gt_bboxes),
+            avg_factor=max(pos_inds.numel(), 1))

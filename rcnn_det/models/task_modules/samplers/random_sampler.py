@@ -70,4 +70,5 @@ class RandomSampler:
             pos_inds=pos_inds, neg_inds=neg_inds, pos_priors=priors[pos_inds],
             neg_priors=priors[neg_inds], pos_gt_bboxes=pos_gt_bboxes,
             pos_gt_labels=assign_result.labels[pos_inds], pos_assigned_gt_inds=pos_assigned,
-            pos_is_gt=is_gt[pos_inds], num_gts=len(gt_bboxes))
+            pos_is_gt=is_gt[pos_inds], num_gts=len(gt_bboxes),
+            avg_factor=max(pos_inds.numel(), 1) + max(neg_inds.numel(), 1))

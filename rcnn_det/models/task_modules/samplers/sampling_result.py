@@ -17,6 +17,9 @@ class SamplingResult:
     pos_gt_labels:        (P,) its class.
     pos_assigned_gt_inds: (P,) its index in 0..G-1.
     pos_is_gt:            (P,) bool, True where the positive is a ground-truth box itself.
+    avg_factor:           this image's share of the loss normaliser, the sampler's policy
+                          (mmdet's): a RandomSampler counts its positives and negatives, the
+                          PseudoSampler its positives only, each as at least one.
     """
     pos_inds: Tensor
     neg_inds: Tensor
@@ -27,6 +30,7 @@ class SamplingResult:
     pos_assigned_gt_inds: Tensor
     pos_is_gt: Tensor
     num_gts: int
+    avg_factor: int
 
     @property
     def priors(self) -> Tensor:
