@@ -56,6 +56,13 @@ def filter_scores_and_topk(scores: Tensor, score_thr: float, topk: int
     return values[:k], index[:, 0], index[:, 1]
 
 
+def topk_pairs(scores: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(Q, C) scores -> the (value, row, class) of the ``k`` best pairs, best first: a
+    DETR-style head's detections, where one query may appear with several classes."""
+    values, index = scores.flatten().topk(min(k, scores.numel()))
+    return values, index // scores.shape[1], index % scores.shape[1]
+
+
 def select_detections(candidates: Candidates, num_images: int, nms: NMSConfig,
                       max_per_img: int, min_bbox_size: float = -1,
                       score_thr: float | None = None,

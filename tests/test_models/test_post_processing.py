@@ -12,7 +12,8 @@ from torchvision.ops import box_iou
 
 import rcnn_det.models
 from rcnn_det.models.post_processing import (Candidates, MaskPaste, filter_scores_and_topk,
-                                             select_detections, size_scales, to_original_image)
+                                             select_detections, size_scales, to_original_image,
+                                             topk_pairs)
 from rcnn_det.models.recipes import NMSConfig
 from rcnn_det.structures import paste_masks
 
@@ -108,6 +109,14 @@ def test_filter_scores_and_topk_strictly_above_threshold_best_first():
     torch.testing.assert_close(values, torch.tensor([0.9, 0.7, 0.5, 0.3001]))
     values, rows, labels = filter_scores_and_topk(scores, 0.3, 2)
     assert rows.tolist() == [1, 3] and labels.tolist() == [1, 0]
+
+
+def test_topk_pairs_may_take_one_query_with_several_classes():
+    scores = torch.tensor([[0.1, 0.8, 0.7], [0.9, 0.2, 0.3]])             # (Q, C)
+    values, queries, labels = topk_pairs(scores, 3)
+    assert queries.tolist() == [1, 0, 0] and labels.tolist() == [0, 1, 2]
+    torch.testing.assert_close(values, torch.tensor([0.9, 0.8, 0.7]))
+    assert len(topk_pairs(scores, 100)[0]) == 6
 
 
 def test_to_original_image_divides_by_the_scale_factor_and_pastes_masks():

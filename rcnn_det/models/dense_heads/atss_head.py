@@ -175,7 +175,7 @@ class ATSSHead(BaseDenseHead):
         logits = flatten_levels(cls_scores, self.num_classes)             # (B, N, C)
         deltas = flatten_levels(bbox_preds, 4)                           # (B, N, 4)
         center = flatten_levels(centernesses, 1)[..., 0]                 # (B, N)
-        avg_factor = reduce_mean(targets.avg_factor, device)             # positives, >= 1
+        avg_factor = reduce_mean(targets.avg_factor, device)   # PseudoSampler: positives, >= 1
         loss_cls = self.loss_cls(logits.reshape(-1, self.num_classes), targets.labels.reshape(-1),
                                  targets.label_weights.reshape(-1), reduction_override='none')
         loss_cls = loss_cls.reshape(num_images, -1, self.num_classes).sum(-1)   # (B, N)

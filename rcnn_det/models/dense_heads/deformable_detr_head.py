@@ -21,6 +21,7 @@ from rcnn_det.registry import MODELS, TASK_UTILS
 from rcnn_det.structures import SampleList, bbox_cxcywh_to_xyxy, bbox_xyxy_to_cxcywh, clip_boxes
 
 from ..layers.deformable_transformer import inverse_sigmoid
+from ..post_processing import topk_pairs
 from ..recipes import RecipeReader, build_or_pass
 from ..utils import reduce_mean
 
@@ -262,11 +263,9 @@ class DeformableDETRHead(BaseModule):
         appear with several classes."""
         results = []
         for scores, boxes, meta in zip(cls_scores.sigmoid(), bbox_preds, metas):
-            k = min(self.max_per_img, scores.numel())
-            top, index = scores.flatten().topk(k)
+            top, queries, labels = topk_pairs(scores, self.max_per_img)
             h, w = meta['img_shape'][:2]
-            xyxy = bbox_cxcywh_to_xyxy(boxes[index // self.num_classes])
+            xyxy = bbox_cxcywh_to_xyxy(boxes[queries])
             xyxy = clip_boxes(xyxy * xyxy.new_tensor([w, h, w, h]), (h, w))
-            results.append(InstanceData(bboxes=xyxy, scores=top,
-                                        labels=index % self.num_classes))
+            results.append(InstanceData(bboxes=xyxy, scores=top, labels=labels))
         return results

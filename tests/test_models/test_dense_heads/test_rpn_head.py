@@ -233,6 +233,22 @@ def test_min_bbox_size_in_the_original_frame_for_final_proposals():
     assert [len(r) for r in input_frame] != [len(r) for r in original]
 
 
+def test_the_coder_clip_border_decides_the_clipping():
+    """mmdetection's coders clip decoded boxes to the image only with clip_border=True."""
+    g = torch.Generator().manual_seed(3)
+    cls_scores = [torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 4, 4, generator=g)]
+    bbox_preds = [torch.randn(2, 12, 8, 8, generator=g), torch.randn(2, 12, 4, 4, generator=g)]
+    recipe = ProposalRecipe(nms_pre=-1, max_per_img=1000, nms=NMSConfig(iou_threshold=1.0))
+    outside = []
+    for clip in (True, False):
+        head = make_head(bbox_coder=dict(type='DeltaXYWHBBoxCoder', clip_border=clip))
+        res = head.predict_by_feat(cls_scores, bbox_preds, METAS, recipe)
+        outside.append(sum(int(((r.bboxes < 0).any(1) | (r.bboxes[:, 2] > m['img_shape'][1])
+                                | (r.bboxes[:, 3] > m['img_shape'][0])).sum())
+                           for r, m in zip(res, METAS)))
+    assert outside[0] == 0 and outside[1] > 0
+
+
 def test_loss_and_predict_detaches_its_proposals():
     head = make_head()
     x = tuple(f.requires_grad_() for f in feats(6))
