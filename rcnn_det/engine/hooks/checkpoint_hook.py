@@ -8,7 +8,9 @@ What it changes, in the order a save happens:
 3. it is written under a temporary name, fsynced and renamed into place; then ``last_checkpoint``
    is replaced the same way; only then are checkpoints beyond ``max_keep_ckpts`` deleted
    (mmengine deletes first and writes in place: a kill during the save lost every checkpoint);
-4. ``save_on_signal``: SIGTERM or SIGINT during training saves a checkpoint at the end of the
+4. ``save_best``: the previous best checkpoint is deleted only after the new best one is
+   written (mmengine deletes it first: a kill in between left no best checkpoint at all);
+5. ``save_on_signal``: SIGTERM or SIGINT during training saves a checkpoint at the end of the
    current iteration (every rank stops at the same one) and exits with 128 + the signal number;
    a second signal exits at once.
 """
@@ -104,6 +106,21 @@ class CheckpointHook(MMEngineCheckpointHook):
             path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(old))
             if self.file_backend.isfile(path):
                 self.file_backend.remove(path)
+
+    def _save_best_checkpoint(self, runner, metrics: dict) -> None:
+        """mmengine's (the same rules, names and message-hub keys), with the deletion of the
+        previous best checkpoint held back until the new one is written."""
+        backend, held_back = self.file_backend, []
+        backend.remove = backend.rmtree = held_back.append   # instance attributes, for this call
+        try:
+            super()._save_best_checkpoint(runner, metrics)
+        finally:
+            del backend.remove, backend.rmtree
+        for path in held_back:
+            if backend.isdir(path):
+                backend.rmtree(path)
+            elif backend.isfile(path):
+                backend.remove(path)
 
     def _rotate(self, runner, step: int) -> list[int]:
         """Record ``step`` among the kept checkpoints; the steps whose files go after saving
