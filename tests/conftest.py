@@ -77,3 +77,19 @@ def run_tool(args: list[str], cwd: Path, timeout: int = 600,
 
 
 PYTHON = sys.executable
+
+
+def build_initialised(cfg: dict, seed: int = 0):
+    """``MODELS.build(cfg)`` under a fixed seed, then ``init_weights()`` with mmengine's
+    per-parameter init log silenced."""
+    import logging
+
+    import torch
+    from mmengine.logging import MMLogger
+
+    from rcnn_det.registry import MODELS
+    torch.manual_seed(seed)
+    module = MODELS.build(cfg)
+    MMLogger.get_current_instance().setLevel(logging.WARNING)
+    module.init_weights()
+    return module

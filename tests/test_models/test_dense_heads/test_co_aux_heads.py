@@ -2,18 +2,14 @@
 (``AuxiliaryHead.loss_and_positives``)."""
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.logging import MMLogger
 from mmengine.structures import InstanceData
 
 from rcnn_det.models.detectors.two_stage import split_two_stage_cfg
-from rcnn_det.registry import MODELS
 from rcnn_det.structures import DetDataSample, bbox2roi
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, build_initialised
 
 DEMO = REPO_ROOT / 'configs' / 'demo' / 'co_deformable_detr_r18_shapes.py'
 C, E = 4, 128
@@ -37,14 +33,6 @@ def memory():
     return tuple(torch.randn(2, E, h, w, generator=g) for h, w in SIZES)
 
 
-def build(cfg: dict):
-    torch.manual_seed(0)
-    module = MODELS.build(cfg)
-    MMLogger.get_current_instance().setLevel(logging.WARNING)
-    module.init_weights()
-    return module
-
-
 def assert_targets_are_assigned_gts(positives, data_samples):
     for i, sample in enumerate(data_samples):
         gt = sample.gt_instances
@@ -61,7 +49,7 @@ def test_co_atss_head_returns_every_anchor_and_its_assignment(ratios):
     cfg = Config.fromfile(DEMO).model
     head_cfg = dict(cfg.bbox_head[0], train_cfg=cfg.train_cfg[2], test_cfg=cfg.test_cfg[2])
     head_cfg['anchor_generator'] = dict(head_cfg['anchor_generator'], ratios=ratios)
-    head = build(head_cfg)
+    head = build_initialised(head_cfg)
     data_samples = samples()
     out = head.loss_and_positives(memory(), data_samples)
     losses, positives = out.losses, out.positives
@@ -83,7 +71,7 @@ def test_co_atss_head_returns_every_anchor_and_its_assignment(ratios):
 def test_co_roi_head_returns_its_sampled_rois_positives_first():
     cfg = Config.fromfile(DEMO).model
     parts = split_two_stage_cfg(cfg.train_cfg[1], cfg.test_cfg[1])
-    head = build(dict(cfg.roi_head[0], train_cfg=parts['rcnn_train'],
+    head = build_initialised(dict(cfg.roi_head[0], train_cfg=parts['rcnn_train'],
                       test_cfg=parts['rcnn_test']))
     data_samples = samples()
     g = torch.Generator().manual_seed(2)

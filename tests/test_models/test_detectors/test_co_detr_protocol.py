@@ -4,19 +4,17 @@ fault, and ``with_attn_mask=False`` at test time."""
 from __future__ import annotations
 
 import copy
-import logging
 import re
 
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.logging import MMLogger
 from mmengine.structures import InstanceData
 
 from rcnn_det.models.auxiliary_heads import AuxiliaryHead
 from rcnn_det.registry import MODELS
 from rcnn_det.structures import DetDataSample
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, build_initialised
 
 DEMO = REPO_ROOT / 'configs' / 'demo' / 'co_deformable_detr_r18_shapes.py'
 DOC = REPO_ROOT / 'docs' / 'co_detr.md'
@@ -45,14 +43,6 @@ def with_third_head(cfg: dict) -> dict:
     return cfg
 
 
-def build(cfg: dict):
-    torch.manual_seed(0)
-    model = MODELS.build(cfg)
-    MMLogger.get_current_instance().setLevel(logging.WARNING)
-    model.init_weights()
-    return model
-
-
 def samples(batch_hw=(64, 80), img_shapes=((64, 80), (48, 72))):
     out = []
     for i, shape in enumerate(img_shapes):
@@ -67,7 +57,7 @@ def samples(batch_hw=(64, 80), img_shapes=((64, 80), (48, 72))):
 
 def test_a_third_auxiliary_head_is_one_class_and_one_config_entry(toy_head_class):
     assert issubclass(toy_head_class, AuxiliaryHead)
-    model = build(with_third_head(demo_model_cfg()))
+    model = build_initialised(with_third_head(demo_model_cfg()))
     assert len(model.aux_heads) == 3 and isinstance(model.bbox_head[1], toy_head_class)
     losses = model.loss(torch.randn(2, 3, 64, 80), samples())
     assert 'loss_centre2' in losses
@@ -121,13 +111,13 @@ def test_auxiliary_heads_must_implement_the_protocol():
 def test_without_attention_mask_the_padded_batch_is_the_image_at_test_time_too():
     cfg = demo_model_cfg()
     cfg['with_attn_mask'] = False
-    model = build(cfg).eval()
+    model = build_initialised(cfg).eval()
     inputs = torch.randn(2, 3, 64, 80)
     with torch.no_grad():
         out = model.predict(inputs, samples(), rescale=False)
         cfg['with_attn_mask'] = True
         padded = samples(img_shapes=((64, 80), (64, 80)))
-        reference = build(cfg).eval().predict(inputs, padded, rescale=False)
+        reference = build_initialised(cfg).eval().predict(inputs, padded, rescale=False)
     assert [s.img_shape for s in out] == [(64, 80), (64, 80)]
     for got, expected in zip(out, reference):
         assert torch.equal(got.pred_instances.bboxes, expected.pred_instances.bboxes)

@@ -2,15 +2,13 @@
 ``min_bbox_size`` in the original image, as mmdetection's RPN detector does."""
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
-from mmengine.logging import MMLogger
 from mmengine.structures import InstanceData
 
 from rcnn_det.models.recipes import ProposalRecipe
 from rcnn_det.registry import MODELS
+from tests.conftest import build_initialised
 from rcnn_det.structures import DetDataSample
 
 RPN_TRAIN = dict(
@@ -33,14 +31,6 @@ def rpn_cfg(**test) -> dict:
         train_cfg=dict(rpn=RPN_TRAIN), test_cfg=dict(rpn=dict(RPN_TEST, **test)))
 
 
-def build(cfg: dict):
-    torch.manual_seed(0)
-    model = MODELS.build(cfg)
-    MMLogger.get_current_instance().setLevel(logging.WARNING)
-    model.init_weights()
-    return model
-
-
 def samples(scale=(2.0, 0.5)):
     out = []
     for i in range(2):
@@ -54,7 +44,7 @@ def samples(scale=(2.0, 0.5)):
 
 
 def test_state_dict_names_losses_and_proposals_in_the_original_image():
-    model = build(rpn_cfg())
+    model = build_initialised(rpn_cfg())
     assert any(k.startswith('bbox_head.rpn_conv.') for k in model.state_dict())
     assert model.bbox_head.test_recipe.size_frame == 'original'
     losses = model.loss(torch.randn(2, 3, 64, 96), samples())
@@ -72,7 +62,7 @@ def test_state_dict_names_losses_and_proposals_in_the_original_image():
 
 
 def test_min_bbox_size_is_measured_in_the_original_image():
-    model = build(rpn_cfg(min_bbox_size=20.0, max_per_img=10000)).eval()
+    model = build_initialised(rpn_cfg(min_bbox_size=20.0, max_per_img=10000)).eval()
     inputs = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         out = model.predict(inputs, samples())
