@@ -79,6 +79,23 @@ RESIZE_CASES = [((30, 40), (60, 80)), ((30, 40), (15, 20)), ((30, 40), (47, 71))
                 ((7, 9), (1, 1)), ((1, 1), (5, 3)), ((64, 48), (100, 75)), ((53, 97), (29, 41))]
 
 
+def test_mask_align_centres_samples_under_each_pixel_centre():
+    mask = np.zeros((1, 4, 4), np.uint8)
+    mask[0, 1:3, 1:3] = 1
+    down = resize_masks(mask, (2, 2), align_centres=True)   # i <- floor((i + .5) * 2) = 1, 3
+    np.testing.assert_array_equal(down[0], [[1, 0], [0, 0]])
+    up = resize_masks(mask, (6, 6), align_centres=True)     # floor((i + .5) * 4 / 6)
+    rows = [0, 1, 1, 2, 3, 3]
+    np.testing.assert_array_equal(up[0], mask[0][np.ix_(rows, rows)])
+    # through the transform: the switch, default off (mmdetection's)
+    results = dict(img=np.zeros((4, 4, 3), np.uint8), gt_masks=mask.copy())
+    on = Resize(scale=(6, 6), keep_ratio=False, mask_align_centres=True).transform(dict(results))
+    off = Resize(scale=(6, 6), keep_ratio=False).transform(dict(results))
+    np.testing.assert_array_equal(on['gt_masks'], up)
+    np.testing.assert_array_equal(off['gt_masks'], resize_masks(mask, (6, 6)))
+    assert not np.array_equal(on['gt_masks'], off['gt_masks'])
+
+
 @pytest.mark.parametrize('in_shape, out_shape', RESIZE_CASES)
 def test_resize_masks_matches_loop_reference(in_shape, out_shape):
     masks = (np.random.default_rng(0).random((3, *in_shape)) < 0.5).astype(np.uint8)
