@@ -104,9 +104,10 @@ class CoDETR(BaseDetector):
         # bbox_head 0, ...]; auxiliary head k reads entry 1 + k of each.
         self.roi_head = nn.ModuleList()
         self.bbox_head = nn.ModuleList()
-        for k, (kind, head) in enumerate([('roi_head', h) for h in roi_cfgs]
-                                         + [('bbox_head', h) for h in dense_cfgs]):
-            name = f'{kind}[{k if kind == "roi_head" else k - len(roi_cfgs)}]'
+        aux_cfgs = ([('roi_head', i, head) for i, head in enumerate(roi_cfgs)]
+                    + [('bbox_head', j, head) for j, head in enumerate(dense_cfgs)])
+        for k, (kind, i, head) in enumerate(aux_cfgs):
+            name = f'{kind}[{i}]'
             train, test = self.aux_cfgs(name, head, train_cfg, test_cfg, 1 + k)
             if kind == 'roi_head':
                 cfg = split_two_stage_cfg(train, test, f'model.train_cfg[{1 + k}]')
