@@ -26,7 +26,8 @@ def fake_runner(tmp_path, seen: list):
 
 def test_the_previous_best_is_deleted_after_the_new_one_is_written(tmp_path):
     hook = CheckpointHook(interval=1, by_epoch=False, save_best='coco/bbox_mAP', rule='greater')
-    hook.out_dir, hook.file_backend, hook.last_ckpt = str(tmp_path), LocalBackend(), None
+    backend = LocalBackend()
+    hook.out_dir, hook.file_backend, hook.last_ckpt = str(tmp_path), backend, None
     seen: list = []
     runner = fake_runner(tmp_path, seen)
     for step, score in [(10, 0.2), (20, 0.1), (30, 0.5)]:
@@ -36,5 +37,5 @@ def test_the_previous_best_is_deleted_after_the_new_one_is_written(tmp_path):
     assert seen == [[], ['best_coco_bbox_mAP_iter_10.pth']]
     assert sorted(p.name for p in tmp_path.iterdir()) == ['best_coco_bbox_mAP_iter_30.pth']
     assert runner.message_hub.get_info('best_score') == 0.5
-    # the backend is left as it was (the deletions are held back only during the call)
-    assert 'remove' not in vars(hook.file_backend)
+    # the hook's backend is back (the deletions are held back only during the call), unpatched
+    assert hook.file_backend is backend and 'remove' not in vars(backend)

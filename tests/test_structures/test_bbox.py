@@ -111,6 +111,16 @@ def test_flip_clip_scale():
     assert scale_boxes(boxes, (2., 0.5)).tolist() == [[4., 1.5, 24., 4.]]
 
 
+def test_clip_boxes_per_image_shapes():
+    """A (B, 2) tensor of (h, w) clips boxes (B, ..., 4) each into its own image."""
+    boxes = torch.tensor([[[-5., -5., 50., 50.]], [[-5., -5., 50., 50.]]])      # (B, 1, 4)
+    out = clip_boxes(boxes, torch.tensor([[30, 20], [10, 40]]))
+    assert out.tolist() == [[[0., 0., 20., 30.]], [[0., 0., 40., 10.]]]
+    per_class = boxes[:, :, None].expand(2, 1, 3, 4)                            # (B, 1, C, 4)
+    assert clip_boxes(per_class, torch.tensor([[30, 20], [10, 40]]))[1, 0, 2].tolist() == \
+        [0., 0., 40., 10.]
+
+
 def test_bbox2roi():
     rois = bbox2roi([torch.tensor([[1., 2., 3., 4.]]), torch.zeros(0, 4),
                      torch.tensor([[5., 6., 7., 8.], [0., 0., 1., 1.]])])

@@ -45,6 +45,23 @@ def first_non_finite(state_dict: dict) -> str | None:
     return None
 
 
+class DeferredRemovals:
+    """A file backend whose ``remove``/``rmtree`` only record the path; everything else is the
+    wrapped backend's (which may be a shared singleton, so it is not patched)."""
+
+    def __init__(self, backend) -> None:
+        self._backend = backend
+        self.paths: list[str] = []
+
+    def remove(self, path: str) -> None:
+        self.paths.append(path)
+
+    rmtree = remove
+
+    def __getattr__(self, name: str):
+        return getattr(self._backend, name)
+
+
 @HOOKS.register_module()
 class CheckpointHook(MMEngineCheckpointHook):
     """mmengine's ``CheckpointHook`` with atomic saves, ``resume_state``, a finite-weights check
@@ -110,13 +127,13 @@ class CheckpointHook(MMEngineCheckpointHook):
     def _save_best_checkpoint(self, runner, metrics: dict) -> None:
         """mmengine's (the same rules, names and message-hub keys), with the deletion of the
         previous best checkpoint held back until the new one is written."""
-        backend, held_back = self.file_backend, []
-        backend.remove = backend.rmtree = held_back.append   # instance attributes, for this call
+        backend = self.file_backend
+        self.file_backend = deferred = DeferredRemovals(backend)
         try:
             super()._save_best_checkpoint(runner, metrics)
         finally:
-            del backend.remove, backend.rmtree
-        for path in held_back:
+            self.file_backend = backend
+        for path in deferred.paths:
             if backend.isdir(path):
                 backend.rmtree(path)
             elif backend.isfile(path):

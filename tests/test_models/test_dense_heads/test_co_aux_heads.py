@@ -89,6 +89,8 @@ def test_co_roi_head_returns_its_sampled_rois_positives_first():
         sampled['results'] = original(*args)
         return sampled['results']
     head.sample = spy
+    with pytest.raises(ValueError, match='needs the RPN proposals'):
+        head.loss_and_positives(memory(), data_samples)
     out = head.loss_and_positives(memory(), data_samples, proposals)
     losses, positives = out.losses, out.positives
     assert {'loss_cls', 'acc', 'loss_bbox'} <= set(losses)

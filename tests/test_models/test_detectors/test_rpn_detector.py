@@ -8,17 +8,12 @@ from mmengine.structures import InstanceData
 
 from rcnn_det.models.recipes import ProposalRecipe
 from rcnn_det.registry import MODELS
+from test_models.test_dense_heads.test_rpn_head import TRAIN_CFG as RPN_TRAIN
+from test_models.test_dense_heads.test_rpn_head import TEST_CFG
 from tests.conftest import build_initialised
 from rcnn_det.structures import DetDataSample
 
-RPN_TRAIN = dict(
-    assigner=dict(type='MaxIoUAssigner', pos_iou_thr=0.7, neg_iou_thr=0.3, min_pos_iou=0.3,
-                  match_low_quality=True, ignore_iof_thr=-1),
-    sampler=dict(type='RandomSampler', num=64, pos_fraction=0.5, neg_pos_ub=-1,
-                 add_gt_as_proposals=False),
-    allowed_border=-1, pos_weight=-1, debug=False)
-RPN_TEST = dict(nms_pre=200, max_per_img=50, nms=dict(type='nms', iou_threshold=0.7),
-                min_bbox_size=0)
+RPN_TEST = dict(TEST_CFG, nms_pre=200, max_per_img=50)
 
 
 def rpn_cfg(**test) -> dict:

@@ -61,6 +61,17 @@ def test_equals_torchvision_box_coder(weights):
                                rtol=1e-5, atol=1e-3)
 
 
+def test_clip_to_per_image_max_shapes():
+    """mmdet's batched max_shape: boxes (B, N, 4) each clipped to its image's (h, w)."""
+    coder = DeltaXYWHBBoxCoder()
+    priors = torch.tensor([[[10., 10., 60., 40.]], [[10., 10., 60., 40.]]])    # (B, 1, 4)
+    out = coder.decode(priors, torch.zeros(2, 1, 4), max_shape=torch.tensor([[30, 50], [80, 20]]))
+    assert out.tolist() == [[[10., 10., 50., 30.]], [[10., 10., 20., 40.]]]
+    no_clip = DeltaXYWHBBoxCoder(clip_border=False)
+    assert torch.equal(no_clip.decode(priors, torch.zeros(2, 1, 4),
+                                      max_shape=torch.tensor([[30, 50], [80, 20]])), priors)
+
+
 def test_clip_to_max_shape():
     coder = DeltaXYWHBBoxCoder()
     priors = torch.tensor([[-5., -5., 30., 60.], [10., 10., 20., 20.]])
