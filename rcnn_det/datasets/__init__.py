@@ -2,10 +2,12 @@
 registry's ``locations`` point here)."""
 from . import transforms  # noqa: F401  (registers the transforms)
 from .coco import CocoDataset, distinct_palette, read_coco_json
-from .dataset_wrappers import ClassBalancedDataset, ConcatDataset, RepeatDataset
+from .dataset_wrappers import (ClassBalancedDataset, ConcatDataset, MultiImageMixDataset,
+                               RepeatDataset)
 from .samplers import AspectRatioBatchSampler
 from .shapes import SHAPE_CLASSES, ShapesDataset, generate_shapes_dataset, shapes_dataset_ready
 
 __all__ = ['AspectRatioBatchSampler', 'ClassBalancedDataset', 'CocoDataset', 'ConcatDataset',
-           'RepeatDataset', 'SHAPE_CLASSES', 'ShapesDataset', 'distinct_palette', 'generate_shapes_dataset', 'read_coco_json',
+           'MultiImageMixDataset', 'RepeatDataset', 'SHAPE_CLASSES', 'ShapesDataset',
+           'distinct_palette', 'generate_shapes_dataset', 'read_coco_json',
            'shapes_dataset_ready']

@@ -2,11 +2,12 @@
 
 Heads decode their outputs into boxes of the network input (clipped to each image's
 ``img_shape`` by their box coder when its ``clip_border`` is set, as mmdetection's coders do)
-and hand their scored candidates to ``select_detections``: size filter, batched NMS over
-(image, group) pairs and the best ``max_per_img`` of each image, for a whole batch in one NMS
-call. The detector calls ``to_original_image`` once on its final results: boxes divided by the
-resize ``scale_factor``, masks pasted into the original image (or both left in the network
-input's frame when ``rescale`` is False).
+and hand their scored candidates to ``select_detections``: size filter, batched NMS (or
+soft-NMS, which re-scores instead of removing) over (image, group) pairs and the best
+``max_per_img`` of each image, for a whole batch in one NMS call. The detector calls
+``to_original_image`` once on its final results: boxes divided by the resize ``scale_factor``,
+masks pasted into the original image (or both left in the network input's frame when
+``rescale`` is False).
 
 This is the only module of ``rcnn_det.models`` that runs NMS or reads ``scale_factor``.
 Shape letters: B images, M candidates of the batch, N candidates of one image, D detections
@@ -70,7 +71,8 @@ def select_detections(candidates: Candidates, num_images: int, nms: NMSConfig,
     """Per image, the best ``max_per_img`` candidates that survive NMS inside their group.
 
     Args:
-        nms: mmdet's ``nms=dict(type='nms', iou_threshold=...)``, read.
+        nms: mmdet's ``nms=dict(type='nms', iou_threshold=...)`` or ``dict(type='soft_nms',
+            ...)``, read. Soft-NMS returns the decayed scores (``batched_soft_nms``).
         min_bbox_size: candidates with a side <= this are dropped first (< 0: none).
         score_thr: when given, candidates scoring <= it are dropped first (heads that
             threshold while choosing their candidates pass None).
@@ -90,15 +92,115 @@ def select_detections(candidates: Candidates, num_images: int, nms: NMSConfig,
             candidates.image_ids]
         keep &= ((measured[:, 2:] - measured[:, :2]) > min_bbox_size).all(1)
     boxes, scores = boxes[keep], scores[keep]
-    labels, images = candidates.labels[keep], candidates.image_ids[keep]
-    kept = batched_nms(boxes, scores, images * candidates.num_groups + candidates.groups[keep],
-                       nms.iou_threshold)                                 # best first
+    labels, images, groups = (candidates.labels[keep], candidates.image_ids[keep],
+                              candidates.groups[keep])
+    if nms.type == 'soft_nms':
+        kept, decayed = batched_soft_nms(boxes, scores, groups, images, nms.iou_threshold,
+                                         nms.sigma, nms.min_score, nms.method)
+        scores = scores.scatter(0, kept, decayed)      # each image's picks, best first
+    else:
+        kept = batched_nms(boxes, scores, images * candidates.num_groups + groups,
+                           nms.iou_threshold)                             # best first
     results = []
     for i in range(num_images):
         mine = kept[images[kept] == i][:max_per_img]
         results.append(InstanceData(bboxes=boxes[mine], scores=scores[mine],
                                     labels=labels[mine]))
     return results
+
+
+@torch.no_grad()
+def batched_soft_nms(boxes: Tensor, scores: Tensor, groups: Tensor, image_ids: Tensor,
+                     iou_threshold: float = 0.3, sigma: float = 0.5, min_score: float = 1e-3,
+                     method: str = 'linear') -> tuple[Tensor, Tensor]:
+    """mmcv's ``batched_nms`` with ``nms=dict(type='soft_nms', ...)``, every image at once.
+
+    Each image is one run of mmcv's CPU soft-NMS kernel (``softnms_cpu`` in
+    ``mmcv/ops/csrc/pytorch/cpu/nms.cpp``, box offset 0) over its candidates in their given
+    order. Boxes of different groups never decay each other: their IoU counts as 0, which is
+    what mmcv's coordinate offsets give. Step i picks the best remaining box of every image,
+    multiplies the scores of the rest of that image by a weight of their IoU with it
+    (``NMSConfig`` lists the methods) and drops those now below ``min_score``. An image's first
+    pick is kept whatever its score, as in the kernel. On a tie the kernel takes the box that
+    comes first in its working order, which it shuffles as it goes (the pick is swapped to the
+    front, a dropped box's slot is refilled from the back); that order is replayed here, so
+    ties resolve as in mmcv.
+
+    Args:
+        boxes: (M, 4) xyxy; scores: (M,); groups: (M,) NMS runs inside each (image, group);
+        image_ids: (M,) 0..B-1.
+    Returns:
+        keep (K,) indices of the kept candidates, image by image, each image's in pick order
+        (best first: later decays only lower the scores), and their decayed scores (K,).
+    """
+    num = scores.numel()
+    if num == 0:
+        return torch.zeros(0, dtype=torch.long, device=scores.device), scores.new_zeros(0)
+    # Padded layout: row b holds image b's candidates in their given order (slots), padding
+    # points at the extra candidate ``num``: a zero box that is never alive.
+    num_images = int(image_ids.max()) + 1
+    counts = torch.bincount(image_ids, minlength=num_images)                 # (B,)
+    by_image = image_ids.sort(stable=True).indices                           # (M,)
+    rows = image_ids[by_image]
+    cols = torch.arange(num, device=scores.device) - (counts.cumsum(0) - counts)[rows]
+    width = int(counts.max())
+    slot_to_cand = torch.full((num_images, width), num, dtype=torch.long, device=scores.device)
+    slot_to_cand[rows, cols] = by_image                                      # (B, W)
+    box = torch.cat([boxes, boxes.new_zeros(1, 4)])[slot_to_cand]            # (B, W, 4)
+    area = (box[..., 2] - box[..., 0]) * (box[..., 3] - box[..., 1])         # (B, W)
+    group = torch.cat([groups, groups.new_zeros(1)])[slot_to_cand]           # (B, W)
+    score = torch.cat([scores, scores.new_zeros(1)])[slot_to_cand]           # (B, W) decayed
+    alive = slot_to_cand < num            # (B, W) slots neither picked nor dropped yet
+    position = torch.arange(width, device=scores.device)
+    order = position.repeat(num_images, 1)        # (B, W) the kernel's working order of slots
+    end = counts.clone()                          # (B,) positions < end are still in play
+    for i in range(width):
+        active = end > i
+        if not bool(active.any()):
+            break
+        # the first best of positions i..end-1 (all -inf in rows that ended: position i)
+        ranked = score.gather(1, order[:, i:]).masked_fill(position[i:] >= end[:, None],
+                                                           float('-inf'))
+        best = ranked.argmax(1, keepdim=True) + i                             # (B, 1)
+        pick = order.gather(1, best)                                          # (B, 1) slot
+        order.scatter_(1, best, order[:, i:i + 1].clone())
+        order[:, i:i + 1] = pick
+        alive.scatter_(1, pick, False)
+        # the kernel's IoU, in its order of operations
+        picked = box.gather(1, pick[..., None].expand(-1, -1, 4))             # (B, 1, 4)
+        wh = (torch.minimum(box[..., 2:], picked[..., 2:])
+              - torch.maximum(box[..., :2], picked[..., :2])).clamp(min=0)   # (B, W, 2)
+        inter = wh[..., 0] * wh[..., 1]
+        iou = inter / (area.gather(1, pick) + area - inter)                   # (B, W)
+        iou = torch.where(group == group.gather(1, pick), iou, 0)
+        if method == 'linear':
+            weight = torch.where(iou >= iou_threshold, 1 - iou, 1)
+        elif method == 'naive':
+            weight = torch.where(iou >= iou_threshold, 0, 1).to(iou.dtype)
+        else:
+            weight = torch.exp(-(iou * iou) / sigma)
+        score = torch.where(alive, score * weight, score)
+        dropped = alive & (score < min_score)
+        if not bool(dropped.any()):
+            continue
+        alive &= ~dropped
+        # The kernel fills each dropped position, front to back, with the last survivor at
+        # the back; so survivors before the new end stay, the holes among them take the
+        # survivors behind it in reverse order.
+        kept = alive.gather(1, order) & (position > i) & (position < end[:, None])
+        new_end = torch.where(active, i + 1 + kept.sum(1), end)
+        hole = ~kept & (position > i) & (position < new_end[:, None])
+        donor = kept & (position >= new_end[:, None])
+        hole_rank = hole.cumsum(1) - 1
+        donor_rank = donor.flip(1).cumsum(1).flip(1) - 1
+        filler = order.new_zeros(num_images, width + 1)      # column W collects non-donors
+        filler.scatter_(1, torch.where(donor, donor_rank, width), order)
+        order = torch.where(hole, filler.gather(1, hole_rank.clamp(min=0)), order)
+        end = new_end
+    picks = position < end[:, None]              # (B, W) positions 0..end-1: picks, in order
+    image = torch.arange(num_images, device=scores.device)[:, None].expand_as(order)[picks]
+    slots = order[picks]
+    return slot_to_cand[image, slots], score[image, slots]
 
 
 @dataclass(frozen=True)

@@ -66,16 +66,44 @@ def read_dataclass(cls: type[T], cfg: dict | T | None, where: str) -> T | None:
     return cls(**cfg)
 
 
+NMS_TYPES = ('nms', 'soft_nms')
+SOFT_NMS_METHODS = ('linear', 'gaussian', 'naive')
+# mmcv's defaults (mmcv/ops/nms.py): soft_nms(iou_threshold=0.3, sigma=0.5, min_score=1e-3,
+# method='linear'); hard NMS has no default threshold there, rcnn_det's NMSConfig() uses 0.5
+DEFAULT_IOU_THRESHOLD = {'nms': 0.5, 'soft_nms': 0.3}
+SOFT_NMS_ONLY = ('sigma', 'min_score', 'method')
+
+
 @dataclasses.dataclass(frozen=True)
 class NMSConfig:
-    """mmdet's ``nms=dict(type='nms', iou_threshold=...)`` (``split_thr``, a speed knob of
-    mmcv's batched_nms, is accepted and unused: torchvision needs none)."""
+    """mmdet's ``nms=dict(type='nms', iou_threshold=...)`` or ``nms=dict(type='soft_nms',
+    iou_threshold=0.3, sigma=0.5, min_score=1e-3, method='linear')``, with mmcv's defaults.
+
+    Soft-NMS (mmcv's ``soft_nms``) decays the scores of the boxes that overlap a kept one
+    instead of removing them, and drops a box once its score falls below ``min_score``. Per
+    overlap ``iou`` with the kept box: 'linear' multiplies by 1 - iou when iou >= the
+    threshold, 'naive' by 0 when iou >= the threshold (hard NMS, but with ``>=``), 'gaussian'
+    always by exp(-iou^2 / sigma). ``sigma``, ``min_score`` and ``method`` belong to soft-NMS
+    only. ``split_thr``, a speed knob of mmcv's batched_nms, is accepted and unused.
+    """
     type: str = 'nms'
-    iou_threshold: float = 0.5
+    iou_threshold: float | None = None   # None: 0.5 for 'nms', mmcv's 0.3 for 'soft_nms'
+    sigma: float = 0.5
+    min_score: float = 1e-3
+    method: str = 'linear'
 
     def __post_init__(self) -> None:
-        if self.type != 'nms':
-            raise ValueError(f"nms: only type='nms' is supported, got {self.type!r}")
+        if self.type not in NMS_TYPES:
+            close = difflib.get_close_matches(str(self.type), NMS_TYPES, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ''
+            raise ValueError(f'nms: type must be one of {NMS_TYPES}, got {self.type!r}{hint}')
+        if self.iou_threshold is None:
+            object.__setattr__(self, 'iou_threshold', DEFAULT_IOU_THRESHOLD[self.type])
+        if self.method not in SOFT_NMS_METHODS:
+            raise ValueError(f'nms: method must be one of {SOFT_NMS_METHODS}, got '
+                             f'{self.method!r}')
+        if self.method == 'gaussian' and not self.sigma > 0:
+            raise ValueError(f"nms: method='gaussian' needs sigma > 0, got {self.sigma!r}")
 
     @classmethod
     def from_cfg(cls, cfg: dict | NMSConfig | None, where: str) -> NMSConfig:
@@ -86,8 +114,15 @@ class NMSConfig:
                            'iou_threshold=0.5))')
         cfg = dict(cfg)
         cfg.pop('split_thr', None)
-        if 'iou_threshold' not in cfg:
-            raise KeyError(f"{where}.nms: missing 'iou_threshold'")
+        nms_type = cfg.get('type', 'nms')
+        if nms_type == 'nms':
+            # mmcv's hard nms() takes no default threshold and no soft-NMS argument
+            if 'iou_threshold' not in cfg:
+                raise KeyError(f"{where}.nms: missing 'iou_threshold'")
+            for key in SOFT_NMS_ONLY:
+                if key in cfg:
+                    raise ValueError(f"{where}.nms: '{key}' applies to type='soft_nms' only, "
+                                     "not to type='nms'")
         try:
             return read_dataclass(cls, cfg, f'{where}.nms')
         except ValueError as err:

@@ -200,11 +200,15 @@ def test_gt_from_samples_without_ann_file():
 
 
 def test_summary_is_logged(ann_file):
+    logger = MMLogger.get_current_instance()
+    level = logger.level   # an earlier test may have left a WARNING-level logger current
+    logger.setLevel(logging.INFO)
     records, handler = capture_logs()
     try:
         evaluate(CocoMetric(ann_file=ann_file), [sample(1, [CAT_BOX], [0])])
     finally:
-        MMLogger.get_current_instance().removeHandler(handler)
+        logger.removeHandler(handler)
+        logger.setLevel(level)
     summary = '\n'.join(record.getMessage() for record in records)
     assert summary.count('Average Precision') == 6 and summary.count('Average Recall') == 6
 

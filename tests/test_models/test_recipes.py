@@ -63,9 +63,12 @@ def test_mmdet2_keys_and_nms_errors():
         ProposalRecipe.from_cfg(dict(nms_pre=10, max_num=5, nms_thr=0.7), 'x')
     with pytest.raises(KeyError, match="missing 'nms'"):
         ProposalRecipe.from_cfg(dict(nms_pre=10), 'test_cfg.rpn')
-    with pytest.raises(ValueError, match='soft_nms'):
-        DetectionRecipe.from_cfg(dict(RCNN_TEST, nms=dict(type='soft_nms', iou_threshold=0.5)),
-                                 'x')
+    with pytest.raises(ValueError, match='nms_rotated'):
+        DetectionRecipe.from_cfg(dict(RCNN_TEST, nms=dict(type='nms_rotated',
+                                                          iou_threshold=0.5)), 'x')
+    soft = DetectionRecipe.from_cfg(dict(RCNN_TEST, nms=dict(type='soft_nms', iou_threshold=0.5)),
+                                    'x')
+    assert soft.nms.type == 'soft_nms' and soft.nms.iou_threshold == 0.5
     with pytest.raises(KeyError, match="nms: unknown key 'iou_thresh'; did you mean 'iou_thr"):
         NMSConfig.from_cfg(dict(type='nms', iou_threshold=0.5, iou_thresh=0.6), 'test_cfg.rcnn')
     with pytest.raises(KeyError, match="test_cfg.rcnn.nms: missing 'iou_threshold'"):

@@ -2,8 +2,9 @@
 
 mmcv's ``Resize``, ``RandomFlip`` and ``Pad`` move the image (and boxes, seg maps), but know
 nothing of ``gt_masks``; these subclasses, registered under the same names in rcnn_det's scope,
-add the masks and keep ``gt_bboxes`` float32. mmcv's ``RandomChoiceResize``/``RandomResize``
-build whichever ``Resize`` the current default scope resolves, i.e. this one under 'rcnn_det'.
+add the masks and keep ``gt_bboxes`` float32. mmcv's ``RandomChoiceResize`` builds whichever
+``Resize`` the current default scope resolves, i.e. this one under 'rcnn_det'; ``RandomResize``
+(large-scale jitter) is registered here so that it builds this ``Resize`` in any scope.
 ``RandomCrop`` is mmdetection 3.x's (mmcv has none that knows boxes); ``TorchvisionResize``
 is torchvision's detection resize, for configs that reproduce a torchvision model.
 
@@ -17,8 +18,10 @@ import torch.nn.functional as F
 from mmcv.transforms import BaseTransform
 from mmcv.transforms import Pad as MMCVPad
 from mmcv.transforms import RandomFlip as MMCVRandomFlip
+from mmcv.transforms import RandomResize as MMCVRandomResize
 from mmcv.transforms import Resize as MMCVResize
 from mmcv.transforms.utils import cache_randomness
+from mmengine.registry import DefaultScope
 
 from rcnn_det.registry import TRANSFORMS
 
@@ -131,6 +134,59 @@ class Resize(MMCVResize):
             results['gt_masks'] = resize_masks(results['gt_masks'], results['img_shape'],
                                                self.mask_align_centres)
         return results
+
+
+def _int_pair(value: object) -> tuple[int, int] | None:
+    """(a, b) of positive ints from a tuple or list (configs read from json/yaml hold lists);
+    None when ``value`` is not such a pair."""
+    if (isinstance(value, (tuple, list)) and len(value) == 2
+            and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
+                    for v in value)):
+        return int(value[0]), int(value[1])
+    return None
+
+
+@TRANSFORMS.register_module()
+class RandomResize(MMCVRandomResize):
+    """mmcv's ``RandomResize`` (same arguments, same ``np.random`` draws) resizing through
+    rcnn_det's ``Resize``, so ``gt_masks`` and ``gt_bboxes`` follow the image.
+
+    The target scale (w, h) of each image:
+        scale=(w, h), ratio_range=(lo, hi): r uniform in [lo, hi), (int(w * r), int(h * r));
+            large-scale jitter is scale=(1024, 1024), ratio_range=(0.1, 2.0)
+        scale=[(w1, h1), (w2, h2)]: w uniform int in [min(w1, w2), max(w1, w2)], h likewise
+    then ``Resize(scale=target, **resize_kwargs)``: with ``keep_ratio=True`` the image is scaled
+    by min(long target / long side, short target / short side).
+
+    mmcv builds ``resize_type`` in whatever default scope is current, which without rcnn_det's
+    is mmcv's ``Resize``: masks would keep the old size. This one always builds from rcnn_det's
+    registry. Pairs may be lists (mmcv demands tuples); a bad ``scale`` or ``ratio_range``, or a
+    ``ratio_range`` with the two-scale form (mmcv ignores it there), raises ValueError.
+    """
+
+    def __init__(self, scale: tuple[int, int] | list,
+                 ratio_range: tuple[float, float] | None = None, resize_type: str = 'Resize',
+                 **resize_kwargs) -> None:
+        single, pair = _int_pair(scale), None
+        if single is None and isinstance(scale, (tuple, list)) and len(scale) == 2:
+            pair = [_int_pair(s) for s in scale]
+        if single is None and (pair is None or None in pair):
+            raise ValueError(f'RandomResize: scale must be (w, h) or [(w1, h1), (w2, h2)] of '
+                             f'positive ints, got {scale!r}')
+        if single is not None:
+            if (ratio_range is None or len(ratio_range) != 2
+                    or not 0 < ratio_range[0] <= ratio_range[1]):
+                raise ValueError(f'RandomResize: scale={scale!r} needs ratio_range=(lo, hi) with '
+                                 f'0 < lo <= hi, got {ratio_range!r}')
+            ratio_range = (float(ratio_range[0]), float(ratio_range[1]))
+        elif ratio_range is not None:
+            raise ValueError(f'RandomResize: ratio_range={ratio_range!r} has no meaning with the '
+                             f'two-scale form scale={scale!r} (the scale is drawn between them)')
+        self.scale = single if single is not None else pair  # mmcv tells the forms by type
+        self.ratio_range = ratio_range
+        self.resize_cfg = dict(type=resize_type, **resize_kwargs)
+        with DefaultScope.overwrite_default_scope('rcnn_det'):
+            self.resize = TRANSFORMS.build({'scale': 0, **self.resize_cfg})
 
 
 @TRANSFORMS.register_module()

@@ -8,12 +8,14 @@ and 64 * 2^i (BasicBlock) or 256 * 2^i (Bottleneck) channels, times base_channel
 """
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import build_conv_layer, build_norm_layer
 from mmengine.model import BaseModule
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.checkpoint import checkpoint
 
 from rcnn_det.registry import MODELS
 
@@ -72,13 +74,27 @@ class ConvNormSequential(nn.Sequential):
         return conv_norm(conv, norm, x)
 
 
+def run_block(block: BasicBlock | Bottleneck, x: Tensor) -> Tensor:
+    """``block._inner_forward(x)``; with the block's ``with_cp`` (mmdetection's option), while
+    training with gradients recorded, under ``torch.utils.checkpoint``: the block's activations
+    are not kept but recomputed during backward, trading compute for memory. Values and
+    gradients are the same. Non-reentrant checkpointing, so parameters get gradients even when
+    ``x`` needs none. A BatchNorm in training mode (``norm_eval=False``) updates its running
+    statistics again in the recomputation, as in mmdetection."""
+    if block.with_cp and block.training and torch.is_grad_enabled():
+        return checkpoint(block._inner_forward, x, use_reentrant=False)
+    return block._inner_forward(x)
+
+
 class BasicBlock(BaseModule):
     expansion = 1
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
                  downsample: nn.Module | None = None, style: str = 'pytorch',
-                 conv_cfg: dict | None = None, norm_cfg: dict = dict(type='BN')) -> None:
+                 conv_cfg: dict | None = None, norm_cfg: dict = dict(type='BN'),
+                 with_cp: bool = False) -> None:
         super().__init__()
+        self.with_cp = with_cp
         self.norm1_name, norm1 = build_norm_layer(norm_cfg, planes, postfix=1)
         self.norm2_name, norm2 = build_norm_layer(norm_cfg, planes, postfix=2)
         self.conv1 = build_conv_layer(conv_cfg, inplanes, planes, 3, stride=stride,
@@ -94,6 +110,9 @@ class BasicBlock(BaseModule):
         return getattr(self, self.norm2_name)
 
     def forward(self, x: Tensor) -> Tensor:
+        return run_block(self, x)
+
+    def _inner_forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(conv_norm(self.conv1, getattr(self, self.norm1_name), x))
         out = conv_norm(self.conv2, getattr(self, self.norm2_name), out)
@@ -105,8 +124,10 @@ class Bottleneck(BaseModule):
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
                  downsample: nn.Module | None = None, style: str = 'pytorch',
-                 conv_cfg: dict | None = None, norm_cfg: dict = dict(type='BN')) -> None:
+                 conv_cfg: dict | None = None, norm_cfg: dict = dict(type='BN'),
+                 with_cp: bool = False) -> None:
         super().__init__()
+        self.with_cp = with_cp
         if style not in ('pytorch', 'caffe'):
             raise ValueError(f"ResNet style must be 'pytorch' or 'caffe', got {style!r}")
         # 'pytorch' strides in the 3x3 conv, 'caffe' in the first 1x1 conv.
@@ -129,6 +150,9 @@ class Bottleneck(BaseModule):
         return getattr(self, self.norm3_name)
 
     def forward(self, x: Tensor) -> Tensor:
+        return run_block(self, x)
+
+    def _inner_forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(conv_norm(self.conv1, getattr(self, self.norm1_name), x))
         out = self.relu(conv_norm(self.conv2, getattr(self, self.norm2_name), out))
@@ -138,7 +162,7 @@ class Bottleneck(BaseModule):
 
 def make_res_layer(block: type, inplanes: int, planes: int, num_blocks: int, stride: int,
                    dilation: int, style: str, avg_down: bool, conv_cfg: dict | None,
-                   norm_cfg: dict) -> nn.Sequential:
+                   norm_cfg: dict, with_cp: bool = False) -> nn.Sequential:
     """One ResNet stage: ``num_blocks`` blocks, the first one changing stride and width."""
     downsample = None
     if stride != 1 or inplanes != planes * block.expansion:
@@ -152,9 +176,10 @@ def make_res_layer(block: type, inplanes: int, planes: int, num_blocks: int, str
                                     stride=conv_stride, bias=False),
                    build_norm_layer(norm_cfg, planes * block.expansion)[1]]
         downsample = ConvNormSequential(*layers)
-    blocks = [block(inplanes, planes, stride, dilation, downsample, style, conv_cfg, norm_cfg)]
+    blocks = [block(inplanes, planes, stride, dilation, downsample, style, conv_cfg, norm_cfg,
+                    with_cp=with_cp)]
     blocks += [block(planes * block.expansion, planes, 1, dilation, None, style, conv_cfg,
-                     norm_cfg) for _ in range(1, num_blocks)]
+                     norm_cfg, with_cp=with_cp) for _ in range(1, num_blocks)]
     return nn.Sequential(*blocks)
 
 
@@ -166,6 +191,9 @@ class ResNet(BaseModule):
     ResNet state dict file, or mmdetection's ``'torchvision://resnet50'``, which is read from
     ``<torch.hub.get_dir()>/checkpoints/resnet50-0676ba61.pth`` (an error names that path when
     the file is missing; nothing is downloaded). See ``torchvision_weights.py``.
+
+    ``with_cp=True`` runs each residual block under ``torch.utils.checkpoint`` while training
+    (``run_block``): less activation memory, one more forward pass of each block in backward.
     """
 
     arch_settings = {18: (BasicBlock, (2, 2, 2, 2)), 34: (BasicBlock, (3, 4, 6, 3)),
@@ -186,9 +214,9 @@ class ResNet(BaseModule):
         if depth not in self.arch_settings:
             raise KeyError(f'ResNet: depth must be one of {sorted(self.arch_settings)}, '
                            f'got {depth}')
-        if dcn is not None or plugins is not None or with_cp or deep_stem:
-            raise NotImplementedError('ResNet: dcn, plugins, with_cp and deep_stem are not '
-                                      'supported by rcnn_det')
+        if dcn is not None or plugins is not None or deep_stem:
+            raise NotImplementedError('ResNet: dcn, plugins and deep_stem are not supported by '
+                                      'rcnn_det')
         if not 1 <= num_stages <= 4 or max(out_indices) >= num_stages:
             raise ValueError(f'ResNet: need 1 <= num_stages <= 4 and out_indices < num_stages, '
                              f'got num_stages={num_stages}, out_indices={out_indices}')
@@ -211,7 +239,7 @@ class ResNet(BaseModule):
         for i in range(num_stages):
             planes = base_channels * 2 ** i
             layer = make_res_layer(block, inplanes, planes, stage_blocks[i], strides[i],
-                                   dilations[i], style, avg_down, conv_cfg, norm_cfg)
+                                   dilations[i], style, avg_down, conv_cfg, norm_cfg, with_cp)
             inplanes = planes * block.expansion
             self.add_module(f'layer{i + 1}', layer)
             self.res_layers.append(f'layer{i + 1}')

@@ -29,6 +29,7 @@ class CoDeformDETRHead(DeformableDETRHead):
         x2); the auxiliary heads train on these maps, so their losses reach the encoder and
         backbone.
     loss(x, samples) -> the one-to-one losses (``loss_by_feat`` of the first four outputs)
+    loss_and_memory(x, samples) -> (those losses, the memory maps)
     loss_aux(memory_maps, positives, head_idx, samples) -> the decoder's losses on an
         auxiliary head's
         positives: ``loss_cls_aux``, ``loss_bbox_aux``, ``loss_iou_aux`` (last layer) and
@@ -68,9 +69,15 @@ class CoDeformDETRHead(DeformableDETRHead):
     # ---- training -------------------------------------------------------------------------
 
     def loss(self, x: tuple[Tensor, ...], batch_data_samples: SampleList) -> dict:
+        return self.loss_and_memory(x, batch_data_samples)[0]
+
+    def loss_and_memory(self, x: tuple[Tensor, ...], batch_data_samples: SampleList
+                        ) -> tuple[dict, tuple[Tensor, ...]]:
+        """The one-to-one losses and the memory maps the auxiliary heads train on."""
         metas = [s.metainfo for s in batch_data_samples]
         gts = [s.gt_instances for s in batch_data_samples]
-        return self.loss_by_feat(*self(x, metas)[:4], gts, metas)
+        *outs, memory_maps = self(x, metas)
+        return self.loss_by_feat(*outs, gts, metas), memory_maps
 
     def loss_aux(self, memory_maps: tuple[Tensor, ...], positives: AuxPositives, head_idx: int,
                  batch_data_samples: SampleList) -> dict:
@@ -94,36 +101,41 @@ class CoDeformDETRHead(DeformableDETRHead):
 
     def get_aux_targets(self, positives: AuxPositives, metas: list[dict]
                         ) -> tuple[Tensor, ...]:
-        """The same number n of queries for every image: n = the most positives an image has,
-        clamped to [9, max_pos_coords] (and to A). An image with more keeps a random n of
-        them, one with fewer is padded with randomly chosen negatives of its own, trained as
-        background. Positives first.
+        return aux_query_targets(positives, metas, self.num_classes, self.max_pos_coords)
 
-        Returns coords (B, n, 4) and targets (B, n, 4) normalised cxcywh, labels (B, n) (C =
-        background), label_weights (B, n) all 1, bbox_weights (B, n, 4) 1 on positives, and
-        feats (B, n, E).
-        """
-        labels = positives.labels
-        is_pos = (labels >= 0) & (labels < self.num_classes)                       # (B, A)
-        num = int(is_pos.sum(1).max()) if labels.numel() else 0
-        num = min(max(min(num, self.max_pos_coords), MIN_POS_QUERIES), labels.shape[1])
-        chosen = []
-        for pos in is_pos:
-            pos_idx, neg_idx = pos.nonzero()[:, 0], (~pos).nonzero()[:, 0]
-            pos_idx = pos_idx[torch.randperm(len(pos_idx), device=pos.device)[:num]]
-            neg_idx = neg_idx[torch.randperm(len(neg_idx), device=pos.device)
-                              [:num - len(pos_idx)]]
-            chosen.append(torch.cat([pos_idx, neg_idx]))
-        index = torch.stack(chosen)                                                # (B, n)
 
-        def gather(t: Tensor) -> Tensor:
-            return t.gather(1, index.view(*index.shape, *[1] * (t.dim() - 2)).expand(
-                -1, -1, *t.shape[2:]))
+def aux_query_targets(positives: AuxPositives, metas: list[dict], num_classes: int,
+                      max_pos_coords: int) -> tuple[Tensor, ...]:
+    """An auxiliary head's positives as the same number n of queries for every image: n = the
+    most positives an image has, clamped to [9, max_pos_coords] (and to A). An image with more
+    keeps a random n of them, one with fewer is padded with randomly chosen negatives of its
+    own, trained as background. Positives first.
 
-        factors = image_factors(metas, labels.device)[:, None]                      # (B, 1, 4)
-        coords = bbox_xyxy_to_cxcywh(gather(positives.coords) / factors)
-        targets = bbox_xyxy_to_cxcywh(gather(positives.targets) / factors)
-        labels = gather(labels)
-        label_weights = torch.ones_like(labels, dtype=coords.dtype)
-        bbox_weights = (labels < self.num_classes)[..., None].expand(-1, -1, 4).to(coords.dtype)
-        return coords, labels, targets, label_weights, bbox_weights, gather(positives.feats)
+    Returns coords (B, n, 4) and targets (B, n, 4) normalised cxcywh, labels (B, n) (C =
+    background), label_weights (B, n) all 1, bbox_weights (B, n, 4) 1 on positives, and
+    feats (B, n, E).
+    """
+    labels = positives.labels
+    is_pos = (labels >= 0) & (labels < num_classes)                                # (B, A)
+    num = int(is_pos.sum(1).max()) if labels.numel() else 0
+    num = min(max(min(num, max_pos_coords), MIN_POS_QUERIES), labels.shape[1])
+    chosen = []
+    for pos in is_pos:
+        pos_idx, neg_idx = pos.nonzero()[:, 0], (~pos).nonzero()[:, 0]
+        pos_idx = pos_idx[torch.randperm(len(pos_idx), device=pos.device)[:num]]
+        neg_idx = neg_idx[torch.randperm(len(neg_idx), device=pos.device)
+                          [:num - len(pos_idx)]]
+        chosen.append(torch.cat([pos_idx, neg_idx]))
+    index = torch.stack(chosen)                                                    # (B, n)
+
+    def gather(t: Tensor) -> Tensor:
+        return t.gather(1, index.view(*index.shape, *[1] * (t.dim() - 2)).expand(
+            -1, -1, *t.shape[2:]))
+
+    factors = image_factors(metas, labels.device)[:, None]                          # (B, 1, 4)
+    coords = bbox_xyxy_to_cxcywh(gather(positives.coords) / factors)
+    targets = bbox_xyxy_to_cxcywh(gather(positives.targets) / factors)
+    labels = gather(labels)
+    label_weights = torch.ones_like(labels, dtype=coords.dtype)
+    bbox_weights = (labels < num_classes)[..., None].expand(-1, -1, 4).to(coords.dtype)
+    return coords, labels, targets, label_weights, bbox_weights, gather(positives.feats)

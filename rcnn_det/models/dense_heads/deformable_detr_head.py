@@ -18,11 +18,13 @@ from mmengine.structures import InstanceData
 from torch import Tensor
 
 from rcnn_det.registry import MODELS, TASK_UTILS
-from rcnn_det.structures import SampleList, bbox_cxcywh_to_xyxy, bbox_xyxy_to_cxcywh, clip_boxes
+from rcnn_det.structures import (SampleList, bbox_cxcywh_to_xyxy, bbox_overlaps,
+                                 bbox_xyxy_to_cxcywh, clip_boxes)
 
 from ..layers.deformable_transformer import inverse_sigmoid
-from ..post_processing import topk_pairs
-from ..recipes import RecipeReader, build_or_pass
+from ..losses import QualityFocalLoss
+from ..post_processing import Candidates, select_detections, topk_pairs
+from ..recipes import NMSConfig, RecipeReader, build_or_pass
 from ..utils import reduce_mean
 
 DEFAULT_DETR_CLS_LOSS = dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
@@ -50,115 +52,72 @@ def image_factors(metas: list[dict], device: torch.device) -> Tensor:
                         dtype=torch.float32, device=device)
 
 
-@MODELS.register_module()
-class DeformableDETRHead(BaseModule):
-    """mmdetection's DeformableDETRHead (2.x structure, whose names official checkpoints use):
-    ``transformer``, ``cls_branches`` / ``reg_branches`` (one per decoder layer, one more for the
-    encoder proposals when two-stage; shared unless ``with_box_refine``), ``query_embedding``
-    (one-stage only). ``in_channels`` is accepted for mmdet configs and unused (the width is
-    the transformer's ``embed_dims``).
+class DETRHeadBase(BaseModule):
+    """What every DETR-style head shares: per-decoder-layer class and box branches
+    (``cls_branches``, ``reg_branches``), one-to-one (Hungarian) losses, and top-k detections.
 
-    forward(mlvl_feats: L maps (B, E, H_l, W_l), metas) -> (cls_scores (K, B, Q, C) logits,
-        bbox_preds (K, B, Q, 4) normalised cxcywh, enc_cls (B, N, C) or None, enc_boxes (B, N, 4)
-        or None)
-    loss(...) -> dict(loss_cls, loss_bbox, loss_iou (last layer), d{k}.loss_* (earlier layers),
-        enc_loss_* (two-stage: the encoder proposals, every object as class 0))
-    predict(...) -> B x InstanceData(bboxes (100, 4) pixels of the network input, scores,
-        labels): the best (query, class) pairs of the last layer, no NMS.
+    Losses: ``loss_cls`` is FocalLoss (labels) or QualityFocalLoss (labels and the IoU of each
+    positive's predicted box with its target, as mmdetection's DETR heads give it); L1 on
+    normalised cxcywh, GIoU on pixel boxes. ``train_cfg``: ``assigner``. ``test_cfg``:
+    ``max_per_img`` (100), and optionally ``score_thr`` and ``nms`` (Co-DINO's soft-NMS,
+    through the shared post-processing).
     """
 
-    def __init__(self, num_classes: int, transformer: dict, num_query: int = 300,
-                 num_reg_fcs: int = 2, in_channels: int | None = None,
-                 sync_cls_avg_factor: bool = False,
-                 positional_encoding: dict = DEFAULT_POSITIONAL_ENCODING,
-                 loss_cls=DEFAULT_DETR_CLS_LOSS, loss_bbox=DEFAULT_DETR_BOX_LOSS,
-                 loss_iou=DEFAULT_DETR_IOU_LOSS, with_box_refine: bool = False,
-                 as_two_stage: bool = False, mixed_selection: bool = False,
-                 train_cfg: dict | None = None,
+    def __init__(self, num_classes: int, loss_cls=DEFAULT_DETR_CLS_LOSS,
+                 loss_bbox=DEFAULT_DETR_BOX_LOSS, loss_iou=DEFAULT_DETR_IOU_LOSS,
+                 sync_cls_avg_factor: bool = False, train_cfg: dict | None = None,
                  test_cfg: dict | None = None, init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
         self.num_classes = num_classes
-        self.num_query = num_query
         self.sync_cls_avg_factor = sync_cls_avg_factor
-        self.with_box_refine = with_box_refine
-        self.as_two_stage = as_two_stage
-        self.mixed_selection = mixed_selection
         self.loss_cls = build_or_pass(MODELS, loss_cls)
         self.loss_bbox = build_or_pass(MODELS, loss_bbox)
         self.loss_iou = build_or_pass(MODELS, loss_iou)
         if not getattr(self.loss_cls, 'use_sigmoid', False):
-            raise ValueError('DeformableDETRHead: loss_cls must be a sigmoid loss (FocalLoss)')
-        self.positional_encoding = MODELS.build(positional_encoding)
-        self.transformer = MODELS.build(dict(copy.deepcopy(transformer),
-                                             as_two_stage=as_two_stage,
-                                             mixed_selection=mixed_selection))
-        embed = self.transformer.embed_dims
-        num_layers = self.transformer.decoder.num_layers
-        num_pred = num_layers + 1 if as_two_stage else num_layers
-        fc_cls = nn.Linear(embed, num_classes)
-        reg = [m for _ in range(num_reg_fcs) for m in (nn.Linear(embed, embed), nn.ReLU())]
-        reg_branch = nn.Sequential(*reg, nn.Linear(embed, 4))
-        if with_box_refine:
-            self.cls_branches = nn.ModuleList(copy.deepcopy(fc_cls) for _ in range(num_pred))
-            self.reg_branches = nn.ModuleList(copy.deepcopy(reg_branch) for _ in range(num_pred))
-        else:  # one module shared by every layer (the same parameters)
-            self.cls_branches = nn.ModuleList(fc_cls for _ in range(num_pred))
-            self.reg_branches = nn.ModuleList(reg_branch for _ in range(num_pred))
-        if not as_two_stage:
-            self.query_embedding = nn.Embedding(num_query, embed * 2)   # position, content
-        elif mixed_selection:
-            self.query_embedding = nn.Embedding(num_query, embed)       # content
-            if self.transformer.two_stage_num_proposals != num_query:
-                raise ValueError(
-                    f'{type(self).__name__}: with mixed_selection each of the '
-                    f'{self.transformer.two_stage_num_proposals} selected proposals '
-                    f'(transformer.two_stage_num_proposals) needs one of the num_query='
-                    f'{num_query} content queries; make them equal')
+            raise ValueError(f'{type(self).__name__}: loss_cls must be a sigmoid loss '
+                             '(FocalLoss, QualityFocalLoss)')
         train = RecipeReader(train_cfg, 'bbox_head.train_cfg')
         self.assigner = train.build('assigner', TASK_UTILS, None)
         train.reject_rest()
         test = RecipeReader(test_cfg, 'bbox_head.test_cfg')
         self.max_per_img = int(test.pop('max_per_img', 100))
+        self.score_thr = float(test.pop('score_thr', 0.))
+        nms = test.pop('nms', None)
+        self.nms = None if nms is None else NMSConfig.from_cfg(nms, 'bbox_head.test_cfg')
         test.reject_rest()
 
-    def init_weights(self) -> None:
-        """mmdet's: the transformer's own init; class biases at prior 0.01; the last layer of
-        every box branch zero (one-stage: its size outputs -2, i.e. small initial boxes)."""
-        self.transformer.init_weights()
+    def build_branches(self, embed: int, num_pred: int, share: bool,
+                       num_reg_fcs: int = 2) -> None:
+        """``num_pred`` class Linears and box MLPs (num_reg_fcs x [Linear, ReLU], Linear(4));
+        ``share``: one module repeated (the same parameters for every layer)."""
+        fc_cls = nn.Linear(embed, self.num_classes)
+        reg = [m for _ in range(num_reg_fcs) for m in (nn.Linear(embed, embed), nn.ReLU())]
+        reg_branch = nn.Sequential(*reg, nn.Linear(embed, 4))
+        if share:
+            self.cls_branches = nn.ModuleList(fc_cls for _ in range(num_pred))
+            self.reg_branches = nn.ModuleList(reg_branch for _ in range(num_pred))
+        else:
+            self.cls_branches = nn.ModuleList(copy.deepcopy(fc_cls) for _ in range(num_pred))
+            self.reg_branches = nn.ModuleList(copy.deepcopy(reg_branch)
+                                              for _ in range(num_pred))
+
+    def init_branches(self) -> None:
+        """mmdet's: class biases at prior 0.01, the last layer of every box branch zero."""
         prior_bias = -torch.log(torch.tensor((1 - 0.01) / 0.01)).item()
         for branch in self.cls_branches:
             nn.init.constant_(branch.bias, prior_bias)
         for branch in self.reg_branches:
             nn.init.zeros_(branch[-1].weight)
             nn.init.zeros_(branch[-1].bias)
-        if not self.as_two_stage:
-            nn.init.constant_(self.reg_branches[0][-1].bias.data[2:], -2.0)
-        self._is_init = True
 
-    def forward(self, mlvl_feats: tuple[Tensor, ...], batch_img_metas: list[dict]):
-        return self.forward_with_memory(mlvl_feats, batch_img_metas)[:4]
-
-    def forward_with_memory(self, mlvl_feats: tuple[Tensor, ...], batch_img_metas: list[dict]):
-        """``forward``'s outputs and then the transformer's ``EncodedLevels``."""
-        masks = image_masks(batch_img_metas, list(mlvl_feats))
-        positions = [self.positional_encoding(m) for m in masks]
-        query_embed = getattr(self, 'query_embedding', None)
-        queries, init_ref, inter_refs, enc_cls, enc_coord_unact, enc = \
-            self.transformer.forward_with_memory(
-                list(mlvl_feats), masks, None if query_embed is None else query_embed.weight,
-                positions, reg_branches=self.reg_branches if self.with_box_refine else None,
-                cls_branches=self.cls_branches if self.as_two_stage else None)
-        cls_scores, bbox_preds = self.predict_layers(queries, init_ref, inter_refs)
-        enc_boxes = enc_coord_unact.sigmoid() if enc_coord_unact is not None else None
-        return cls_scores, bbox_preds, enc_cls, enc_boxes, enc
-
-    def predict_layers(self, queries: Tensor, init_ref: Tensor, inter_refs: Tensor
-                       ) -> tuple[Tensor, Tensor]:
+    def predict_layers(self, queries: Tensor, init_ref: Tensor, inter_refs: Tensor,
+                       eps: float = 1e-5) -> tuple[Tensor, Tensor]:
         """Each decoder layer's class logits (K, B, Q, C) and boxes (K, B, Q, 4), the boxes
-        relative to the reference the layer started from."""
+        relative to the reference the layer started from (``init_ref`` for the first layer,
+        ``inter_refs[k - 1]`` for layer k)."""
         cls_scores, bbox_preds = [], []
         for k, query in enumerate(queries):
-            reference = inverse_sigmoid(init_ref if k == 0 else inter_refs[k - 1])
+            reference = inverse_sigmoid(init_ref if k == 0 else inter_refs[k - 1], eps=eps)
             delta = self.reg_branches[k](query)
             if reference.shape[-1] == 4:
                 boxes = delta + reference
@@ -170,16 +129,11 @@ class DeformableDETRHead(BaseModule):
 
     # ---- training -------------------------------------------------------------------------
 
-    def loss(self, x: tuple[Tensor, ...], batch_data_samples: SampleList) -> dict:
-        metas = [s.metainfo for s in batch_data_samples]
-        gts = [s.gt_instances for s in batch_data_samples]
-        return self.loss_by_feat(*self(x, metas), gts, metas)
-
-    def loss_by_feat(self, all_cls_scores: Tensor, all_bbox_preds: Tensor,
-                     enc_cls_scores: Tensor | None, enc_bbox_preds: Tensor | None,
-                     batch_gt_instances: list[InstanceData], metas: list[dict]) -> dict:
+    def layers_losses(self, all_cls_scores: Tensor, all_bbox_preds: Tensor,
+                      batch_gt_instances: list[InstanceData], metas: list[dict]) -> dict:
+        """The matched losses of every decoder layer: ``loss_*`` (last), ``d{k}.loss_*``."""
         if self.assigner is None:
-            raise RuntimeError('DeformableDETRHead.loss needs a train_cfg with an assigner')
+            raise RuntimeError(f'{type(self).__name__}.loss needs a train_cfg with an assigner')
         losses = {}
         num_layers = all_cls_scores.shape[0]
         for k in range(num_layers):
@@ -187,11 +141,6 @@ class DeformableDETRHead(BaseModule):
                                      metas)
             prefix = '' if k == num_layers - 1 else f'd{k}.'
             losses.update({prefix + name: value for name, value in layer.items()})
-        if enc_cls_scores is not None:
-            binary = [InstanceData(bboxes=gt.bboxes, labels=torch.zeros_like(gt.labels))
-                      for gt in batch_gt_instances]
-            layer = self.loss_single(enc_cls_scores, enc_bbox_preds, binary, metas)
-            losses.update({'enc_' + name: value for name, value in layer.items()})
         return losses
 
     def loss_single(self, cls_scores: Tensor, bbox_preds: Tensor,
@@ -227,7 +176,7 @@ class DeformableDETRHead(BaseModule):
     def loss_by_targets(self, cls_scores: Tensor, bbox_preds: Tensor, labels: Tensor,
                         label_weights: Tensor, targets: Tensor, weights: Tensor,
                         metas: list[dict]) -> dict:
-        """Focal loss over every (query, class) / the number of positive queries, L1 on
+        """The class loss over every (query, class) / the number of positive queries, L1 on
         normalised cxcywh and GIoU on pixel boxes of the weighted queries / that number.
 
         cls_scores (B, Q, C), bbox_preds (B, Q, 4); labels (B, Q) with C = background,
@@ -238,7 +187,17 @@ class DeformableDETRHead(BaseModule):
         cls_avg = max(reduce_mean(num_pos, cls_scores.device) if self.sync_cls_avg_factor
                       else num_pos, 1.0)
         box_avg = max(reduce_mean(num_pos, cls_scores.device), 1.0)
-        loss_cls = self.loss_cls(cls_scores.reshape(-1, self.num_classes), labels.reshape(-1),
+        flat_labels = labels.reshape(-1)
+        target = flat_labels
+        if isinstance(self.loss_cls, QualityFocalLoss):
+            # the soft target of a positive is the IoU of its predicted box with its target
+            pos = (flat_labels < self.num_classes).nonzero().squeeze(1)
+            quality = cls_scores.new_zeros(flat_labels.shape)
+            quality[pos] = bbox_overlaps(
+                bbox_cxcywh_to_xyxy(bbox_preds.detach().reshape(-1, 4)[pos]),
+                bbox_cxcywh_to_xyxy(targets.reshape(-1, 4)[pos]), is_aligned=True)
+            target = (flat_labels, quality)
+        loss_cls = self.loss_cls(cls_scores.reshape(-1, self.num_classes), target,
                                  label_weights.reshape(-1), avg_factor=cls_avg)
         boxes_px = bbox_cxcywh_to_xyxy(bbox_preds) * factors
         targets_px = bbox_cxcywh_to_xyxy(targets) * factors
@@ -250,22 +209,133 @@ class DeformableDETRHead(BaseModule):
 
     # ---- inference ------------------------------------------------------------------------
 
+    def predict_by_feat(self, cls_scores: Tensor, bbox_preds: Tensor, metas: list[dict]
+                        ) -> list[InstanceData]:
+        """cls_scores (B, Q, C), bbox_preds (B, Q, 4) of the last layer -> per image the
+        ``max_per_img`` best (query, class) pairs above ``score_thr``, boxes clipped to the
+        image (a query may appear with several classes); with ``nms``, those pairs then go
+        through the shared post-processing, per class."""
+        results, device = [], cls_scores.device
+        for scores, boxes, meta in zip(cls_scores.sigmoid(), bbox_preds, metas):
+            top, queries, labels = topk_pairs(scores, self.max_per_img)
+            if self.score_thr > 0:
+                keep = top > self.score_thr
+                top, queries, labels = top[keep], queries[keep], labels[keep]
+            h, w = meta['img_shape'][:2]
+            xyxy = bbox_cxcywh_to_xyxy(boxes[queries])
+            xyxy = clip_boxes(xyxy * xyxy.new_tensor([w, h, w, h]), (h, w))
+            results.append(InstanceData(bboxes=xyxy, scores=top, labels=labels))
+        if self.nms is None:
+            return results
+        candidates = Candidates(
+            boxes=torch.cat([r.bboxes for r in results]),
+            scores=torch.cat([r.scores for r in results]),
+            labels=torch.cat([r.labels for r in results]),
+            image_ids=torch.cat([torch.full((len(r),), i, device=device, dtype=torch.long)
+                                 for i, r in enumerate(results)]),
+            groups=torch.cat([r.labels for r in results]), num_groups=self.num_classes)
+        return select_detections(candidates, len(results), self.nms, self.max_per_img)
+
+
+@MODELS.register_module()
+class DeformableDETRHead(DETRHeadBase):
+    """mmdetection's DeformableDETRHead (2.x structure, whose names official checkpoints use):
+    ``transformer``, ``cls_branches`` / ``reg_branches`` (one per decoder layer, one more for the
+    encoder proposals when two-stage; shared unless ``with_box_refine``), ``query_embedding``
+    (one-stage only). ``in_channels`` is accepted for mmdet configs and unused (the width is
+    the transformer's ``embed_dims``).
+
+    forward(mlvl_feats: L maps (B, E, H_l, W_l), metas) -> (cls_scores (K, B, Q, C) logits,
+        bbox_preds (K, B, Q, 4) normalised cxcywh, enc_cls (B, N, C) or None, enc_boxes (B, N, 4)
+        or None)
+    loss(...) -> dict(loss_cls, loss_bbox, loss_iou (last layer), d{k}.loss_* (earlier layers),
+        enc_loss_* (two-stage: the encoder proposals, every object as class 0))
+    predict(...) -> B x InstanceData(bboxes (100, 4) pixels of the network input, scores,
+        labels): the best (query, class) pairs of the last layer, no NMS.
+    """
+
+    def __init__(self, num_classes: int, transformer: dict, num_query: int = 300,
+                 num_reg_fcs: int = 2, in_channels: int | None = None,
+                 sync_cls_avg_factor: bool = False,
+                 positional_encoding: dict = DEFAULT_POSITIONAL_ENCODING,
+                 loss_cls=DEFAULT_DETR_CLS_LOSS, loss_bbox=DEFAULT_DETR_BOX_LOSS,
+                 loss_iou=DEFAULT_DETR_IOU_LOSS, with_box_refine: bool = False,
+                 as_two_stage: bool = False, mixed_selection: bool = False,
+                 train_cfg: dict | None = None,
+                 test_cfg: dict | None = None, init_cfg=None) -> None:
+        super().__init__(num_classes, loss_cls, loss_bbox, loss_iou, sync_cls_avg_factor,
+                         train_cfg, test_cfg, init_cfg=init_cfg)
+        self.num_query = num_query
+        self.with_box_refine = with_box_refine
+        self.as_two_stage = as_two_stage
+        self.mixed_selection = mixed_selection
+        self.positional_encoding = MODELS.build(positional_encoding)
+        self.transformer = MODELS.build(dict(copy.deepcopy(transformer),
+                                             as_two_stage=as_two_stage,
+                                             mixed_selection=mixed_selection))
+        embed = self.transformer.embed_dims
+        num_layers = self.transformer.decoder.num_layers
+        self.build_branches(embed, num_layers + 1 if as_two_stage else num_layers,
+                            share=not with_box_refine, num_reg_fcs=num_reg_fcs)
+        if not as_two_stage:
+            self.query_embedding = nn.Embedding(num_query, embed * 2)   # position, content
+        elif mixed_selection:
+            self.query_embedding = nn.Embedding(num_query, embed)       # content
+            if self.transformer.two_stage_num_proposals != num_query:
+                raise ValueError(
+                    f'{type(self).__name__}: with mixed_selection each of the '
+                    f'{self.transformer.two_stage_num_proposals} selected proposals '
+                    f'(transformer.two_stage_num_proposals) needs one of the num_query='
+                    f'{num_query} content queries; make them equal')
+
+    def init_weights(self) -> None:
+        """mmdet's: the transformer's own init; class biases at prior 0.01; the last layer of
+        every box branch zero (one-stage: its size outputs -2, i.e. small initial boxes)."""
+        self.transformer.init_weights()
+        self.init_branches()
+        if not self.as_two_stage:
+            nn.init.constant_(self.reg_branches[0][-1].bias.data[2:], -2.0)
+        self._is_init = True
+
+    def forward(self, mlvl_feats: tuple[Tensor, ...], batch_img_metas: list[dict]):
+        return self.forward_with_memory(mlvl_feats, batch_img_metas)[:4]
+
+    def forward_with_memory(self, mlvl_feats: tuple[Tensor, ...], batch_img_metas: list[dict]):
+        """``forward``'s outputs and then the transformer's ``EncodedLevels``."""
+        masks = image_masks(batch_img_metas, list(mlvl_feats))
+        positions = [self.positional_encoding(m) for m in masks]
+        query_embed = getattr(self, 'query_embedding', None)
+        queries, init_ref, inter_refs, enc_cls, enc_coord_unact, enc = \
+            self.transformer.forward_with_memory(
+                list(mlvl_feats), masks, None if query_embed is None else query_embed.weight,
+                positions, reg_branches=self.reg_branches if self.with_box_refine else None,
+                cls_branches=self.cls_branches if self.as_two_stage else None)
+        cls_scores, bbox_preds = self.predict_layers(queries, init_ref, inter_refs)
+        enc_boxes = enc_coord_unact.sigmoid() if enc_coord_unact is not None else None
+        return cls_scores, bbox_preds, enc_cls, enc_boxes, enc
+
+    # ---- training -------------------------------------------------------------------------
+
+    def loss(self, x: tuple[Tensor, ...], batch_data_samples: SampleList) -> dict:
+        metas = [s.metainfo for s in batch_data_samples]
+        gts = [s.gt_instances for s in batch_data_samples]
+        return self.loss_by_feat(*self(x, metas), gts, metas)
+
+    def loss_by_feat(self, all_cls_scores: Tensor, all_bbox_preds: Tensor,
+                     enc_cls_scores: Tensor | None, enc_bbox_preds: Tensor | None,
+                     batch_gt_instances: list[InstanceData], metas: list[dict]) -> dict:
+        losses = self.layers_losses(all_cls_scores, all_bbox_preds, batch_gt_instances, metas)
+        if enc_cls_scores is not None:
+            binary = [InstanceData(bboxes=gt.bboxes, labels=torch.zeros_like(gt.labels))
+                      for gt in batch_gt_instances]
+            layer = self.loss_single(enc_cls_scores, enc_bbox_preds, binary, metas)
+            losses.update({'enc_' + name: value for name, value in layer.items()})
+        return losses
+
+    # ---- inference ------------------------------------------------------------------------
+
     def predict(self, x: tuple[Tensor, ...], batch_data_samples: SampleList
                 ) -> list[InstanceData]:
         metas = [s.metainfo for s in batch_data_samples]
         cls_scores, bbox_preds = self(x, metas)[:2]
         return self.predict_by_feat(cls_scores[-1], bbox_preds[-1], metas)
-
-    def predict_by_feat(self, cls_scores: Tensor, bbox_preds: Tensor, metas: list[dict]
-                        ) -> list[InstanceData]:
-        """cls_scores (B, Q, C), bbox_preds (B, Q, 4) of the last layer -> per image the
-        ``max_per_img`` best (query, class) pairs, boxes clipped to the image; a query may
-        appear with several classes."""
-        results = []
-        for scores, boxes, meta in zip(cls_scores.sigmoid(), bbox_preds, metas):
-            top, queries, labels = topk_pairs(scores, self.max_per_img)
-            h, w = meta['img_shape'][:2]
-            xyxy = bbox_cxcywh_to_xyxy(boxes[queries])
-            xyxy = clip_boxes(xyxy * xyxy.new_tensor([w, h, w, h]), (h, w))
-            results.append(InstanceData(bboxes=xyxy, scores=top, labels=labels))
-        return results

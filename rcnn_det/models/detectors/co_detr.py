@@ -64,13 +64,15 @@ class CoDETR(BaseDetector):
         with_attn_mask: False treats the whole padded batch as image in training and testing
             (the official option for large-scale-jitter training, where padding is part of the
             augmentation).
+        use_lsj: mmdetection 3.x's name for the same switch: ``use_lsj=True`` is
+            ``with_attn_mask=False`` (given, it overrides ``with_attn_mask``).
     """
 
     def __init__(self, backbone: dict, neck: dict | None = None, query_head: dict | None = None,
                  rpn_head: dict | None = None, roi_head=None, bbox_head=None,
                  train_cfg: list | None = None, test_cfg: list | None = None,
                  with_pos_coord: bool = True, with_attn_mask: bool = True,
-                 eval_module: str = 'detr', eval_index: int = 0,
+                 use_lsj: bool | None = None, eval_module: str = 'detr', eval_index: int = 0,
                  data_preprocessor: dict | None = None, init_cfg=None) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if query_head is None:
@@ -119,7 +121,7 @@ class CoDETR(BaseDetector):
                                 '(e.g. CoStandardRoIHead, CoATSSHead)')
             getattr(self, kind).append(built)
         self.with_pos_coord = with_pos_coord
-        self.with_attn_mask = with_attn_mask
+        self.with_attn_mask = with_attn_mask if use_lsj is None else not use_lsj
         self.eval_module = eval_module
         self.eval_index = eval_index
         if with_pos_coord:
@@ -157,7 +159,7 @@ class CoDETR(BaseDetector):
         if branches is None or not hasattr(self.query_head, 'loss_aux'):
             raise TypeError(f'CoDETR: with_pos_coord trains the query head on the positives of '
                             f'{", ".join(names)}, but {type(self.query_head).__name__} has no '
-                            'loss_aux/num_co_heads (use CoDeformDETRHead)')
+                            'loss_aux/num_co_heads (use CoDeformDETRHead or CoDINOHead)')
         if branches != len(heads):
             at_fault = (f'{", ".join(names[branches:])} would have no branch' if branches <
                         len(heads) else f'{branches - len(heads)} branch(es) would never train')
@@ -174,11 +176,8 @@ class CoDETR(BaseDetector):
 
     def loss(self, inputs: Tensor, data_samples: SampleList) -> dict:
         self.use_padded_canvas(data_samples)
-        x = self.extract_feat(inputs)
-        metas = [s.metainfo for s in data_samples]
-        *outs, memory_maps = self.query_head(x, metas)
-        losses = self.query_head.loss_by_feat(*outs, [s.gt_instances for s in data_samples],
-                                              metas)
+        losses, memory_maps = self.query_head.loss_and_memory(self.extract_feat(inputs),
+                                                              data_samples)
         proposals = None
         if self.rpn_head is not None:
             if self.rpn_proposal is None:

@@ -86,6 +86,59 @@ class EncodedLevels:
                 for c, (h, w) in zip(chunks, self.shapes)]
 
 
+def encoder_output_proposals(memory: Tensor, padding: Tensor,
+                             spatial_shapes: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
+    """Two-stage proposals: one box per encoder token, centred on its cell (normalised by its
+    image's valid extent), w = h = 0.05 * 2^level.
+
+    memory (B, N, C), padding (B, N) True on padding -> (memory with padded and invalid tokens
+    zeroed (B, N, C); proposals (B, N, 4) in logit space, +inf where padded or invalid (any
+    coordinate outside (0.01, 0.99)))."""
+    proposals, start = [], 0
+    for level, (height, width) in enumerate(spatial_shapes):
+        pad = padding[:, start:start + height * width].view(-1, height, width)
+        valid = torch.stack([(~pad[:, 0, :]).sum(1), (~pad[:, :, 0]).sum(1)], -1)  # (w, h)
+        ys, xs = torch.meshgrid(
+            torch.linspace(0, height - 1, height, dtype=torch.float32, device=memory.device),
+            torch.linspace(0, width - 1, width, dtype=torch.float32, device=memory.device),
+            indexing='ij')
+        centres = (torch.stack([xs, ys], -1)[None] + 0.5) / valid[:, None, None].float()
+        sizes = torch.full_like(centres, 0.05 * 2.0 ** level)
+        proposals.append(torch.cat([centres, sizes], -1).flatten(1, 2))
+        start += height * width
+    proposals = torch.cat(proposals, 1)                                     # (B, N, 4)
+    usable = ((proposals > 0.01) & (proposals < 0.99)).all(-1, keepdim=True)
+    proposals = torch.log(proposals / (1 - proposals))
+    proposals = proposals.masked_fill(padding[..., None], float('inf'))
+    proposals = proposals.masked_fill(~usable, float('inf'))
+    memory = memory.masked_fill(padding[..., None], 0).masked_fill(~usable, 0)
+    return memory, proposals
+
+
+def encode_levels(encoder: nn.Module, level_embeds: Tensor, mlvl_feats: list[Tensor],
+                  mlvl_masks: list[Tensor], mlvl_pos_embeds: list[Tensor] | None
+                  ) -> EncodedLevels:
+    """Flatten the levels (L maps (B, C, H_l, W_l), padding masks (B, H_l, W_l)) and, with
+    position embeddings, run ``encoder`` over them (positions + ``level_embeds[l]`` (L, C));
+    without, the flattened features themselves are the memory."""
+    shapes = [tuple(feat.shape[-2:]) for feat in mlvl_feats]
+    tokens = torch.cat([feat.flatten(2).transpose(1, 2) for feat in mlvl_feats], 1)
+    padding = torch.cat([mask.flatten(1) for mask in mlvl_masks], 1)
+    spatial_shapes = torch.tensor(shapes, dtype=torch.long, device=tokens.device)
+    level_start_index = torch.cat([spatial_shapes.new_zeros(1),
+                                   spatial_shapes.prod(1).cumsum(0)[:-1]])
+    ratios = torch.stack([valid_ratios(m) for m in mlvl_masks], 1)           # (B, L, 2)
+    memory = tokens
+    if mlvl_pos_embeds is not None:
+        positions = torch.cat([pos.flatten(2).transpose(1, 2) + level_embeds[level]
+                               for level, pos in enumerate(mlvl_pos_embeds)], 1)
+        memory = encoder(
+            tokens, query_pos=positions, query_key_padding_mask=padding,
+            spatial_shapes=spatial_shapes, level_start_index=level_start_index,
+            valid_ratios=ratios, reference_points=encoder_reference_points(shapes, ratios))
+    return EncodedLevels(memory, padding, shapes, spatial_shapes, level_start_index, ratios)
+
+
 def batch_first_layers(layer_sequence_cfg: dict) -> dict:
     cfg = copy.deepcopy(dict(layer_sequence_cfg))
     cfg['transformerlayers'] = dict(cfg['transformerlayers'], batch_first=True)
@@ -206,49 +259,16 @@ class DeformableDetrTransformer(BaseModule):
 
     def encoder_proposals(self, memory: Tensor, padding: Tensor,
                           spatial_shapes: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
-        """-> (memory with padded / invalid tokens zeroed, then enc_output and its norm
-        (B, N, C); one proposal per token (B, N, 4) in logit space, +inf where padded or
-        invalid (any coordinate outside (0.01, 0.99)))."""
-        proposals, start = [], 0
-        for level, (height, width) in enumerate(spatial_shapes):
-            pad = padding[:, start:start + height * width].view(-1, height, width)
-            valid = torch.stack([(~pad[:, 0, :]).sum(1), (~pad[:, :, 0]).sum(1)], -1)  # (w, h)
-            ys, xs = torch.meshgrid(
-                torch.linspace(0, height - 1, height, dtype=torch.float32, device=memory.device),
-                torch.linspace(0, width - 1, width, dtype=torch.float32, device=memory.device),
-                indexing='ij')
-            centres = (torch.stack([xs, ys], -1)[None] + 0.5) / valid[:, None, None].float()
-            sizes = torch.full_like(centres, 0.05 * 2.0 ** level)
-            proposals.append(torch.cat([centres, sizes], -1).flatten(1, 2))
-            start += height * width
-        proposals = torch.cat(proposals, 1)                                 # (B, N, 4)
-        usable = ((proposals > 0.01) & (proposals < 0.99)).all(-1, keepdim=True)
-        proposals = torch.log(proposals / (1 - proposals))
-        proposals = proposals.masked_fill(padding[..., None], float('inf'))
-        proposals = proposals.masked_fill(~usable, float('inf'))
-        memory = memory.masked_fill(padding[..., None], 0).masked_fill(~usable, 0)
+        """``encoder_output_proposals`` with the memory through ``enc_output`` and its norm."""
+        memory, proposals = encoder_output_proposals(memory, padding, spatial_shapes)
         return self.enc_output_norm(self.enc_output(memory)), proposals
 
     def encode(self, mlvl_feats: list[Tensor], mlvl_masks: list[Tensor],
                mlvl_pos_embeds: list[Tensor] | None) -> EncodedLevels:
         """Flatten the levels and, with position embeddings, run the encoder over them; without
         (Co-DETR's auxiliary passes), the flattened features themselves are the memory."""
-        shapes = [tuple(feat.shape[-2:]) for feat in mlvl_feats]
-        tokens = torch.cat([feat.flatten(2).transpose(1, 2) for feat in mlvl_feats], 1)
-        padding = torch.cat([mask.flatten(1) for mask in mlvl_masks], 1)
-        spatial_shapes = torch.tensor(shapes, dtype=torch.long, device=tokens.device)
-        level_start_index = torch.cat([spatial_shapes.new_zeros(1),
-                                       spatial_shapes.prod(1).cumsum(0)[:-1]])
-        ratios = torch.stack([valid_ratios(m) for m in mlvl_masks], 1)       # (B, L, 2)
-        memory = tokens
-        if mlvl_pos_embeds is not None:
-            positions = torch.cat([pos.flatten(2).transpose(1, 2) + self.level_embeds[level]
-                                   for level, pos in enumerate(mlvl_pos_embeds)], 1)
-            memory = self.encoder(
-                tokens, query_pos=positions, query_key_padding_mask=padding,
-                spatial_shapes=spatial_shapes, level_start_index=level_start_index,
-                valid_ratios=ratios, reference_points=encoder_reference_points(shapes, ratios))
-        return EncodedLevels(memory, padding, shapes, spatial_shapes, level_start_index, ratios)
+        return encode_levels(self.encoder, self.level_embeds, mlvl_feats, mlvl_masks,
+                             mlvl_pos_embeds)
 
     def select_queries(self, enc: EncodedLevels, query_embed: Tensor | None,
                        reg_branches: nn.ModuleList | None, cls_branches: nn.ModuleList | None

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import copy
 
+import torch
 import torch.nn as nn
 from mmengine.model import BaseModule
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from rcnn_det.registry import MODELS
 
@@ -248,14 +250,20 @@ class DetrTransformerEncoder(BaseModule):
 
     forward(query, key=None, value=None, query_pos=None, ...) -> query's shape; every keyword
     reaches every layer.
+
+    ``with_cp``: the first ``with_cp`` layers keep no activations in training and recompute
+    them in the backward pass (Co-DINO's memory switch; the official code needs fairscale for
+    it, rcnn_det uses ``torch.utils.checkpoint``).
     """
 
     def __init__(self, transformerlayers: dict, num_layers: int,
-                 post_norm_cfg: dict | None = dict(type='LN'), init_cfg=None) -> None:
+                 post_norm_cfg: dict | None = dict(type='LN'), with_cp: int = -1,
+                 init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
         self.layers = nn.ModuleList(MODELS.build(copy.deepcopy(transformerlayers))
                                     for _ in range(num_layers))
         self.num_layers = num_layers
+        self.with_cp = with_cp
         self.embed_dims = self.layers[0].embed_dims
         pre_norm = self.layers[0].pre_norm
         if post_norm_cfg is not None and dict(post_norm_cfg).get('type') != 'LN':
@@ -268,6 +276,20 @@ class DetrTransformerEncoder(BaseModule):
 
     def forward(self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None,
                 **kwargs) -> Tensor:
-        for layer in self.layers:
-            query = layer(query, key, value, **kwargs)
+        query = run_layers(self.layers, self.with_cp, query, key, value, **kwargs)
         return self.post_norm(query) if self.post_norm is not None else query
+
+
+def run_layers(layers: nn.ModuleList, num_checkpointed: int, query: Tensor, *args,
+               **kwargs) -> Tensor:
+    """``query`` through every layer; while training with gradients, the first
+    ``num_checkpointed`` layers keep no activations and recompute them in the backward pass
+    (``torch.utils.checkpoint``)."""
+    recompute = (layers.training and torch.is_grad_enabled()
+                 and any(p.requires_grad for p in layers.parameters()))
+    for k, layer in enumerate(layers):
+        if recompute and k < num_checkpointed:
+            query = checkpoint(layer, query, *args, use_reentrant=False, **kwargs)
+        else:
+            query = layer(query, *args, **kwargs)
+    return query

@@ -215,3 +215,49 @@ def test_folded_resnet_equals_unfolded(depth, avg_down):
     for grad, ref in zip(grads, refs):
         torch.testing.assert_close(grad, ref, rtol=1e-3, atol=1e-5)
     assert isinstance(model.layer2[0].downsample, ConvNormSequential)
+
+
+@pytest.mark.parametrize('depth', [18, 50])
+def test_with_cp_gives_identical_outputs_and_gradients(depth):
+    """with_cp (mmdetection's option): every residual block runs under torch.utils.checkpoint
+    while training, so it runs again during backward; values and gradients do not change."""
+    torch.manual_seed(0)
+    plain = ResNet(depth=depth, base_channels=8, frozen_stages=1).train()
+    checkpointed = ResNet(depth=depth, base_channels=8, frozen_stages=1, with_cp=True).train()
+    checkpointed.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 64, 48)
+    results = []
+    for model in (plain, checkpointed):
+        calls = {'layer1': 0, 'layer3': 0}
+        for name in calls:   # each block calls its ReLU module 2 (BasicBlock) or 3 times
+            getattr(model, name)[0].relu.register_forward_hook(
+                lambda *a, name=name: calls.__setitem__(name, calls[name] + 1))
+        x_in = x.clone().requires_grad_()
+        outs = model(x_in)
+        after_forward = dict(calls)
+        sum(o.square().mean() for o in outs).backward()
+        grads = [p.grad for p in model.parameters() if p.requires_grad]
+        results.append((outs, grads, x_in.grad, after_forward, calls))
+    (outs, grads, x_grad, fwd, total), (outs_cp, grads_cp, x_grad_cp, fwd_cp, total_cp) = results
+    for out, out_cp in zip(outs, outs_cp):
+        torch.testing.assert_close(out_cp, out, rtol=0, atol=0)
+    for grad, grad_cp in zip(grads + [x_grad], grads_cp + [x_grad_cp]):
+        torch.testing.assert_close(grad_cp, grad, rtol=1e-5, atol=1e-7)
+    relu_calls = 2 if depth == 18 else 3
+    assert fwd == total == fwd_cp == {'layer1': relu_calls, 'layer3': relu_calls}
+    # layer3's block ran again in backward (torch stops the recomputation once it has every
+    # saved tensor back: at least its first ReLU); layer1 is frozen (eval mode): not checkpointed
+    assert total_cp['layer1'] == relu_calls and total_cp['layer3'] > relu_calls
+
+
+def test_with_cp_is_off_in_eval_and_without_grad():
+    model = ResNet(depth=18, with_cp=True).eval()
+    calls = []
+    model.layer2[0].relu.register_forward_hook(lambda *a: calls.append(1))
+    sum(o.sum() for o in model(torch.randn(1, 3, 32, 32))).backward()
+    assert len(calls) == 2
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+    assert len(calls) == 4
+    assert all(block.with_cp for layer in (model.layer1, model.layer4) for block in layer)
