@@ -1,5 +1,6 @@
 # Co-DINO R50 5-scale without large-scale jitter, 12 epochs: DETR-style multi-scale resize and
-# crop (mmdetection's projects/CO-DETR/configs/codino/co_dino_5scale_r50_8xb2_1x_coco.py).
+# crop (mmdetection's projects/CO-DETR/configs/codino/co_dino_5scale_r50_8xb2_1x_coco.py; 52.1 box
+# AP there).
 _base_ = './co_dino_5scale_r50_lsj_8xb2_1x_coco.py'
 
 model = dict(use_lsj=False, data_preprocessor=dict(pad_mask=False, batch_augments=None))

@@ -1,8 +1,9 @@
 # Co-DINO R50 5-scale with large-scale jitter, 12 epochs on COCO 2017: mmdetection's
-# projects/CO-DETR/configs/codino/co_dino_5scale_r50_lsj_8xb2_1x_coco.py (52.1 box AP there
-# with eval_module='detr'; 49.4 'one-stage', 47.9 'two-stage'). A DINO query head (denoising
-# queries, QualityFocalLoss, soft-NMS at test time) trained with a Faster R-CNN and an ATSS
-# auxiliary head on its encoder memory, whose positives also train the decoder.
+# projects/CO-DETR/configs/codino/co_dino_5scale_r50_lsj_8xb2_1x_coco.py (52.0 box AP there
+# with eval_module='detr'; its config notes 49.4 'one-stage', 47.9 'two-stage'). A DINO query
+# head (denoising queries, QualityFocalLoss, soft-NMS at test time) trained with a Faster
+# R-CNN and an ATSS auxiliary head on its encoder memory, whose positives also train the
+# decoder.
 _base_ = [
     '../_base_/datasets/coco_instance_lsj.py',
     '../_base_/default_runtime.py'

@@ -160,8 +160,9 @@ class DETRHeadBase(BaseModule):
         factors = image_factors(metas, cls_scores.device)[:, None]        # (B, 1, 4)
         labels = cls_scores.new_full((num_images, num_queries), self.num_classes,
                                      dtype=torch.long)
-        targets = cls_scores.new_zeros((num_images, num_queries, 4))
-        weights = cls_scores.new_zeros((num_images, num_queries, 4))
+        # float32 targets whatever the predictions' precision (mixed-precision training)
+        targets = cls_scores.new_zeros((num_images, num_queries, 4), dtype=torch.float32)
+        weights = torch.zeros_like(targets)
         for i, (gt, meta) in enumerate(zip(batch_gt_instances, metas)):
             pred = InstanceData(scores=cls_scores[i].detach(),
                                 bboxes=bbox_cxcywh_to_xyxy(bbox_preds[i].detach()) * factors[i])
@@ -180,8 +181,10 @@ class DETRHeadBase(BaseModule):
         normalised cxcywh and GIoU on pixel boxes of the weighted queries / that number.
 
         cls_scores (B, Q, C), bbox_preds (B, Q, 4); labels (B, Q) with C = background,
-        label_weights (B, Q); targets (B, Q, 4) normalised cxcywh, weights (B, Q, 4).
+        label_weights (B, Q); targets (B, Q, 4) normalised cxcywh, weights (B, Q, 4). The
+        losses are computed in float32 whatever the predictions' precision.
         """
+        cls_scores, bbox_preds = cls_scores.float(), bbox_preds.float()
         factors = image_factors(metas, cls_scores.device)[:, None]        # (B, 1, 4)
         num_pos = float((labels < self.num_classes).sum())
         cls_avg = max(reduce_mean(num_pos, cls_scores.device) if self.sync_cls_avg_factor
