@@ -16,6 +16,8 @@ ATSS_DEMO_CONFIG = REPO_ROOT / 'configs' / 'demo' / 'atss_r18_fpn_shapes.py'
 DETR_DEMO_CONFIG = REPO_ROOT / 'configs' / 'demo' / 'deformable_detr_r18_shapes.py'
 VGG_DEMO_CONFIG = REPO_ROOT / 'configs' / 'demo' / 'faster_rcnn_vgg16_shapes.py'
 CO_DETR_DEMO_CONFIG = REPO_ROOT / 'configs' / 'demo' / 'co_deformable_detr_r18_shapes.py'
+DINO_DEMO_CONFIG = REPO_ROOT / 'configs' / 'demo' / 'dino_r18_shapes.py'
+CO_DINO_DEMO_CONFIG = REPO_ROOT / 'configs' / 'demo' / 'co_dino_r18_shapes.py'
 TINY_SHAPES = dict(num_train=8, num_val=4, img_size=(96, 128), obj_size=(24, 48), max_objects=2)
 
 

@@ -15,7 +15,7 @@ classes = ('circle', 'square', 'triangle', 'star')
 num_classes = len(classes)
 embed_dims = 128
 num_dec_layer = 3
-max_iters = 600
+max_iters = 500
 
 model = dict(
     query_head=dict(

@@ -11,7 +11,7 @@ _base_ = './deformable_detr_r18_shapes.py'
 
 classes = ('circle', 'square', 'triangle', 'star')
 embed_dims = 128
-max_iters = 1000
+max_iters = 800
 
 model = dict(
     _delete_=True,
@@ -88,3 +88,8 @@ optim_wrapper = dict(
     optimizer=dict(type='AdamW', lr=5e-4, weight_decay=1e-4, fused=True),
     clip_grad=dict(max_norm=0.1, norm_type=2),
     paramwise_cfg=dict(custom_keys={'sampling_offsets': dict(lr_mult=0.1)}))
+train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
+    dict(type='CosineAnnealingLR', by_epoch=False, begin=50, end=max_iters, eta_min=2e-6)
+]

@@ -8,9 +8,9 @@ import re
 import pytest
 import torch
 
-from conftest import (ATSS_DEMO_CONFIG, CO_DETR_DEMO_CONFIG, DETR_DEMO_CONFIG, MASK_DEMO_CONFIG,
-                      PYTHON, REPO_ROOT, VGG_DEMO_CONFIG, free_port, run_tool,
-                      write_tiny_demo_config)
+from conftest import (ATSS_DEMO_CONFIG, CO_DETR_DEMO_CONFIG, CO_DINO_DEMO_CONFIG,
+                      DETR_DEMO_CONFIG, DINO_DEMO_CONFIG, MASK_DEMO_CONFIG, PYTHON, REPO_ROOT,
+                      VGG_DEMO_CONFIG, free_port, run_tool, write_tiny_demo_config)
 from rcnn_det.engine import register_checkpoint_safe_globals
 
 pytestmark = pytest.mark.slow
@@ -50,6 +50,24 @@ def test_train_then_test(tmp_path, tiny_shapes_root):
         assert pred['bboxes'].shape[1] == 4
         assert pred['bboxes'].shape[0] == pred['scores'].shape[0] == pred['labels'].shape[0]
     assert len(list(work.glob('*/vis/*.png'))) == 4
+
+    # Continue the same run to 3 iterations from its latest checkpoint (training longer than
+    # planned: a larger max_iters on resume).
+    register_checkpoint_safe_globals()  # what the tools do: weights_only loads need it
+    first = torch.load(work / 'iter_2.pth', map_location='cpu', weights_only=True)
+    proc = run_tool([PYTHON, str(REPO_ROOT / 'tools/train.py'), str(cfg), '--work-dir', str(work),
+                     '--resume', '--cfg-options', 'train_cfg.max_iters=3',
+                     'train_cfg.val_interval=3'], cwd=tmp_path)
+    log = proc.stdout + proc.stderr
+    assert 'resumed epoch: 0, iter: 2' in log
+    assert 'Iter(train) [3/3]' in log and 'Iter(train) [1/3]' not in log
+    last = torch.load(work / 'iter_3.pth', map_location='cpu', weights_only=True)
+    assert last['meta']['iter'] == 3
+    # The optimizer and scheduler states travelled: momentum buffers exist and the scheduler
+    # continued (its global step counts every iteration of both runs).
+    assert last['optimizer']['state'], 'optimizer state was not restored'
+    assert last['param_schedulers'][0]['_global_step'] == 3
+    assert set(last['state_dict']) == set(first['state_dict'])
 
 
 def test_mask_rcnn_train_then_test(tmp_path, tiny_shapes_root):
@@ -91,11 +109,17 @@ def test_mask_rcnn_train_then_test(tmp_path, tiny_shapes_root):
     (CO_DETR_DEMO_CONFIG, r'enc_loss_cls: [0-9.]+.*loss_rpn_cls: [0-9.]+.*loss_cls0: [0-9.]+'
                           r'.*loss_centerness1: [0-9.]+.*loss_cls_aux0: [0-9.]+'
                           r'.*loss_iou_aux1: [0-9.]+'),
-], ids=['atss', 'deformable_detr', 'faster_rcnn_vgg16', 'co_deformable_detr'])
+    # DINO: matching, encoder and denoising terms
+    (DINO_DEMO_CONFIG, r'd0\.loss_cls: [0-9.]+.*enc_loss_cls: [0-9.]+.*dn_loss_iou: [0-9.]+'),
+    # Co-DINO: DINO's, the auxiliary heads' and the positive queries'
+    (CO_DINO_DEMO_CONFIG, r'dn_loss_cls: [0-9.]+.*loss_rpn_cls: [0-9.]+.*loss_cls0: [0-9.]+'
+                          r'.*loss_centerness1: [0-9.]+.*loss_cls_aux0: [0-9.]+'),
+], ids=['atss', 'deformable_detr', 'faster_rcnn_vgg16', 'co_deformable_detr', 'dino',
+        'co_dino'])
 def test_more_demos_train_then_test(tmp_path, tiny_shapes_root, base, losses):
-    """The ATSS, Deformable DETR, VGG16 Faster R-CNN and Co-DETR demos through the tools:
-    their losses logged, COCO bbox mAP reported by training's validation and by the test tool,
-    the predictions drawn."""
+    """The ATSS, Deformable DETR, VGG16 Faster R-CNN, Co-DETR, DINO and Co-DINO demos through
+    the tools: their losses logged, COCO bbox mAP reported by training's validation and by the
+    test tool, the predictions drawn."""
     cfg = write_tiny_demo_config(tmp_path / 'tiny.py', tiny_shapes_root, base=base)
     work = tmp_path / 'work'
     # two iterations leave every score of the VGG16 demo's box head under its score_thr, and
@@ -111,38 +135,6 @@ def test_more_demos_train_then_test(tmp_path, tiny_shapes_root, base, losses):
     proc = run_tool([PYTHON, str(REPO_ROOT / 'tools/test.py'), str(cfg), str(work / 'iter_2.pth'),
                      '--work-dir', str(work), *options], cwd=tmp_path)
     assert re.search(r'coco/bbox_mAP: -?[0-9.]+', proc.stdout + proc.stderr)
-
-
-def test_resume_continues_from_saved_iteration(tmp_path, tiny_shapes_root):
-    cfg = write_tiny_demo_config(tmp_path / 'tiny.py', tiny_shapes_root, max_iters=2,
-                                 checkpoint_interval=1)
-    work = tmp_path / 'work'
-    run_tool([PYTHON, str(REPO_ROOT / 'tools/train.py'), str(cfg), '--work-dir', str(work)],
-             cwd=tmp_path)
-    register_checkpoint_safe_globals()  # what the tools do: weights_only loads need it
-    first = torch.load(work / 'iter_2.pth', map_location='cpu', weights_only=True)
-    assert first['meta']['iter'] == 2
-
-    # Continue the same run to 3 iterations from its latest checkpoint.
-    proc = run_tool([PYTHON, str(REPO_ROOT / 'tools/train.py'), str(cfg), '--work-dir', str(work),
-                     '--resume', '--cfg-options', 'train_cfg.max_iters=3',
-                     'train_cfg.val_interval=3'], cwd=tmp_path)
-    log = proc.stdout + proc.stderr
-    assert 'resumed epoch: 0, iter: 2' in log
-    assert 'Iter(train) [3/3]' in log and 'Iter(train) [1/3]' not in log
-    last = torch.load(work / 'iter_3.pth', map_location='cpu', weights_only=True)
-    assert last['meta']['iter'] == 3
-    # The optimizer and scheduler states travelled: momentum buffers exist and the scheduler
-    # continued (its global step counts every iteration of both runs).
-    assert last['optimizer']['state'], 'optimizer state was not restored'
-    assert last['param_schedulers'][0]['_global_step'] == 3
-    assert set(last['state_dict']) == set(first['state_dict'])
-
-    # An explicit checkpoint path resumes too.
-    proc = run_tool([PYTHON, str(REPO_ROOT / 'tools/train.py'), str(cfg), '--work-dir',
-                     str(tmp_path / 'work2'), '--resume', str(work / 'iter_1.pth')],
-                    cwd=tmp_path)
-    assert 'resumed epoch: 0, iter: 1' in proc.stdout + proc.stderr
 
 
 def test_two_process_distributed_training(tmp_path, tiny_shapes_root):
