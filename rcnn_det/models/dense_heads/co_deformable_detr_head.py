@@ -15,7 +15,7 @@ from rcnn_det.registry import MODELS
 from rcnn_det.structures import SampleList, bbox_xyxy_to_cxcywh
 
 from ..auxiliary_heads import AuxPositives
-from .deformable_detr_head import DeformableDETRHead, image_factors, image_masks
+from .deformable_detr_head import DeformableDETRHead, image_factors, image_masks, per_layer
 
 MIN_POS_QUERIES = 9   # the official lower bound on positive queries per image
 
@@ -89,15 +89,9 @@ class CoDeformDETRHead(DeformableDETRHead):
             maps, image_masks(metas, maps), coords, feats, head_idx,
             reg_branches=self.reg_branches if self.with_box_refine else None)
         cls_scores, bbox_preds = self.predict_layers(queries, coords, references)
-        losses = {}
-        num_layers = cls_scores.shape[0]
-        for k in range(num_layers):
-            layer = self.loss_by_targets(cls_scores[k], bbox_preds[k], labels, label_weights,
-                                         targets, bbox_weights, metas)
-            prefix = '' if k == num_layers - 1 else f'd{k}.'
-            losses.update({f'{prefix}{name}_aux': value * self.lambda_1
-                           for name, value in layer.items()})
-        return losses
+        return per_layer(self.layers_losses_by_targets(
+            cls_scores, bbox_preds, labels, label_weights, targets, bbox_weights, metas),
+            '{}_aux', self.lambda_1)
 
     def get_aux_targets(self, positives: AuxPositives, metas: list[dict]
                         ) -> tuple[Tensor, ...]:

@@ -23,7 +23,7 @@ from ..layers.denoising import build_dn_generator
 from ..layers.dino_transformer import REFINE_EPS
 from .co_deformable_detr_head import aux_query_targets
 from .deformable_detr_head import (DEFAULT_DETR_BOX_LOSS, DEFAULT_DETR_IOU_LOSS,
-                                   image_masks)
+                                   image_masks, per_layer)
 from .dino_head import DINOHead
 
 DEFAULT_CO_DINO_CLS_LOSS = dict(type='QualityFocalLoss', use_sigmoid=True, beta=2.0,
@@ -151,14 +151,9 @@ class CoDINOHead(DINOHead):
             reg_branches=self.reg_branches)
         cls_scores, bbox_preds = self.predict_layers(hidden_states, references[0],
                                                      references[1:], eps=self.reference_eps)
-        losses = {}
-        num_layers = cls_scores.shape[0]
-        for k in range(num_layers):
-            layer = self.loss_by_targets(cls_scores[k], bbox_preds[k], labels, label_weights,
-                                         targets, bbox_weights, metas)
-            prefix = '' if k == num_layers - 1 else f'd{k}.'
-            losses.update({f'{prefix}{name}_aux': value for name, value in layer.items()})
-        return losses
+        return per_layer(self.layers_losses_by_targets(
+            cls_scores, bbox_preds, labels, label_weights, targets, bbox_weights, metas),
+            '{}_aux')
 
     # ---- inference ------------------------------------------------------------------------
 

@@ -52,6 +52,16 @@ def image_factors(metas: list[dict], device: torch.device) -> Tensor:
                         dtype=torch.float32, device=device)
 
 
+def per_layer(layer_losses: list[dict], name: str = '{}', weight: float = 1.0) -> dict:
+    """Each decoder layer's losses under mmdetection's keys: the last layer's bare (``name``
+    formats each loss name, e.g. 'dn_{}' or '{}_aux'), layer k's with a 'd{k}.' prefix; each
+    times ``weight``."""
+    last = len(layer_losses) - 1
+    return {('' if k == last else f'd{k}.') + name.format(key):
+            value if weight == 1 else value * weight
+            for k, losses in enumerate(layer_losses) for key, value in losses.items()}
+
+
 class DETRHeadBase(BaseModule):
     """What every DETR-style head shares: per-decoder-layer class and box branches
     (``cls_branches``, ``reg_branches``), one-to-one (Hungarian) losses, and top-k detections.
@@ -134,14 +144,17 @@ class DETRHeadBase(BaseModule):
         """The matched losses of every decoder layer: ``loss_*`` (last), ``d{k}.loss_*``."""
         if self.assigner is None:
             raise RuntimeError(f'{type(self).__name__}.loss needs a train_cfg with an assigner')
-        losses = {}
-        num_layers = all_cls_scores.shape[0]
-        for k in range(num_layers):
-            layer = self.loss_single(all_cls_scores[k], all_bbox_preds[k], batch_gt_instances,
-                                     metas)
-            prefix = '' if k == num_layers - 1 else f'd{k}.'
-            losses.update({prefix + name: value for name, value in layer.items()})
-        return losses
+        return per_layer([self.loss_single(cls_scores, bbox_preds, batch_gt_instances, metas)
+                          for cls_scores, bbox_preds in zip(all_cls_scores, all_bbox_preds)])
+
+    def layers_losses_by_targets(self, all_cls_scores: Tensor, all_bbox_preds: Tensor,
+                                 labels: Tensor, label_weights: Tensor, targets: Tensor,
+                                 weights: Tensor, metas: list[dict]) -> list[dict]:
+        """``loss_by_targets`` of every decoder layer (K, B, Q, *) against the same targets
+        (denoising and positive queries: no matching)."""
+        return [self.loss_by_targets(cls_scores, bbox_preds, labels, label_weights, targets,
+                                     weights, metas)
+                for cls_scores, bbox_preds in zip(all_cls_scores, all_bbox_preds)]
 
     def loss_single(self, cls_scores: Tensor, bbox_preds: Tensor,
                     batch_gt_instances: list[InstanceData], metas: list[dict]) -> dict:

@@ -16,7 +16,8 @@ from rcnn_det.registry import MODELS
 from rcnn_det.structures import bbox_xyxy_to_cxcywh
 
 from .deformable_detr_head import (DEFAULT_DETR_BOX_LOSS, DEFAULT_DETR_CLS_LOSS,
-                                   DEFAULT_DETR_IOU_LOSS, DETRHeadBase, image_factors)
+                                   DEFAULT_DETR_IOU_LOSS, DETRHeadBase, image_factors,
+                                   per_layer)
 
 
 @MODELS.register_module()
@@ -88,18 +89,13 @@ class DINOHead(DETRHeadBase):
         labels, targets, weights = self.dn_targets(batch_gt_instances, metas, dn_meta,
                                                    dn_cls_scores.device)
         label_weights = torch.ones_like(labels, dtype=dn_cls_scores.dtype)
-        losses = {}
-        num_layers = dn_cls_scores.shape[0]
-        for k in range(num_layers):
-            if labels.shape[1] == 0:   # no ground truth in the batch: no denoising queries
-                zero = dn_cls_scores[k].sum() * 0 + dn_bbox_preds[k].sum() * 0
-                layer = dict(loss_cls=zero, loss_bbox=zero, loss_iou=zero)
-            else:
-                layer = self.loss_by_targets(dn_cls_scores[k], dn_bbox_preds[k], labels,
-                                             label_weights, targets, weights, metas)
-            prefix = '' if k == num_layers - 1 else f'd{k}.'
-            losses.update({f'{prefix}dn_{name}': value for name, value in layer.items()})
-        return losses
+        if labels.shape[1] == 0:   # no ground truth in the batch: no denoising queries
+            zero = dn_cls_scores.sum() * 0 + dn_bbox_preds.sum() * 0
+            layers = [dict(loss_cls=zero, loss_bbox=zero, loss_iou=zero)] * len(dn_cls_scores)
+        else:
+            layers = self.layers_losses_by_targets(dn_cls_scores, dn_bbox_preds, labels,
+                                                   label_weights, targets, weights, metas)
+        return per_layer(layers, 'dn_{}')
 
     def dn_targets(self, batch_gt_instances: list[InstanceData], metas: list[dict],
                    dn_meta: dict, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:

@@ -21,11 +21,11 @@ from rcnn_det.registry import MODELS
 from rcnn_det.structures import SampleList
 
 from ..dense_heads.deformable_detr_head import image_masks
-from ..layers.deformable_transformer import encode_levels, encoder_output_proposals
+from ..layers.deformable_transformer import (encode_levels, encoder_output_proposals,
+                                             xavier_then_deformable_init)
 from ..layers.denoising import build_dn_generator
 from ..layers.dino_transformer import (DeformableDetrTransformerEncoder, DinoTransformerDecoder,
                                        select_topk_proposals)
-from ..layers.ms_deform_attn import MultiScaleDeformableAttention
 from ..layers.positional_encoding import SinePositionalEncoding
 from .base import BaseDetector
 
@@ -93,13 +93,7 @@ class DINO(BaseDetector):
         matrix of the encoder and decoder, the deformable attentions' init, Xavier on
         ``memory_trans_fc`` and ``query_embedding``, level embeddings ~ N(0, 1)."""
         super().init_weights()
-        for coder in (self.encoder, self.decoder):
-            for p in coder.parameters():
-                if p.dim() > 1:
-                    nn.init.xavier_uniform_(p)
-        for m in self.modules():
-            if isinstance(m, MultiScaleDeformableAttention):
-                m.init_weights()
+        xavier_then_deformable_init(self.encoder, self.decoder)
         nn.init.xavier_uniform_(self.memory_trans_fc.weight)
         nn.init.xavier_uniform_(self.query_embedding.weight)
         nn.init.normal_(self.level_embed)

@@ -21,9 +21,8 @@ from .deformable_transformer import (DeformableDetrTransformer,
                                      DeformableDetrTransformerDecoder, EncodedLevels,
                                      batch_first_layers, encode_levels,
                                      encoder_output_proposals, inverse_sigmoid,
-                                     proposal_pos_embed)
+                                     proposal_pos_embed, xavier_then_deformable_init)
 from .dino_transformer import select_topk_proposals
-from .ms_deform_attn import MultiScaleDeformableAttention
 
 # The official decoder adds nothing that rcnn_det's decoder lacks (look_forward_twice).
 MODELS.register_module('CoDeformableDetrTransformerDecoder',
@@ -124,12 +123,7 @@ class CoDinoTransformer(BaseModule):
     def init_weights(self) -> None:
         """The official: Xavier-uniform on every matrix, the deformable attentions' own init,
         level embeddings and content queries ~ N(0, 1)."""
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
-        for m in self.modules():
-            if isinstance(m, MultiScaleDeformableAttention):
-                m.init_weights()
+        xavier_then_deformable_init(self)
         nn.init.normal_(self.level_embeds)
         nn.init.normal_(self.query_embed.weight)
         self._is_init = True

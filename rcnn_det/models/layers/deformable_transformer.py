@@ -139,6 +139,19 @@ def encode_levels(encoder: nn.Module, level_embeds: Tensor, mlvl_feats: list[Ten
     return EncodedLevels(memory, padding, shapes, spatial_shapes, level_start_index, ratios)
 
 
+def xavier_then_deformable_init(*modules: nn.Module) -> None:
+    """mmdetection's transformer init: Xavier-uniform on every matrix of ``modules``, then each
+    deformable attention's own init (which redraws its projections and offsets)."""
+    for module in modules:
+        for p in module.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+    for module in modules:
+        for m in module.modules():
+            if isinstance(m, MultiScaleDeformableAttention):
+                m.init_weights()
+
+
 def batch_first_layers(layer_sequence_cfg: dict) -> dict:
     cfg = copy.deepcopy(dict(layer_sequence_cfg))
     cfg['transformerlayers'] = dict(cfg['transformerlayers'], batch_first=True)
@@ -245,12 +258,7 @@ class DeformableDetrTransformer(BaseModule):
         """mmdet's: Xavier-uniform on every matrix, then the deformable attentions' own init,
         (one-stage) a Xavier reference-point layer with zero bias, level embeddings ~ N(0, 1).
         Every parameter is set here, so no child's init_cfg runs."""
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
-        for m in self.modules():
-            if isinstance(m, MultiScaleDeformableAttention):
-                m.init_weights()
+        xavier_then_deformable_init(self)
         if not self.as_two_stage:
             nn.init.xavier_uniform_(self.reference_points.weight)
             nn.init.zeros_(self.reference_points.bias)
