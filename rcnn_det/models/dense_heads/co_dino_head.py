@@ -47,6 +47,8 @@ class CoDINOHead(DINOHead):
 
     Args:
         num_query: Q, the matching queries (and the proposals the encoder selects).
+        in_channels: accepted for mmdetection's configs and unused (the width is the
+            transformer's ``embed_dims``).
         max_pos_coords: at most this many positive queries per image (official: 300).
         dn_cfg: the denoising queries (``CdnQueryGenerator``: mmdetection 3.x's keys or the
             official ones).

@@ -79,7 +79,6 @@ class Mmdet3TransformerLayer(BaseModule):
         self.ffn = FFN(**dict(dict(embed_dims=self.embed_dims), **ffn_cfg))
         self.norms = nn.ModuleList(nn.LayerNorm(self.embed_dims)
                                    for _ in range(3 if cross_attn is not None else 2))
-        self.pre_norm = False
 
     def forward(self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None,
                 query_pos: Tensor | None = None, key_pos: Tensor | None = None,

@@ -86,8 +86,8 @@ def test_prediction_in_the_original_frame(dino_r50):
     data = make_batch(model, [(64, 80)], [1], training=False)
     with torch.no_grad():
         pred = model(**data, mode='predict')[0].pred_instances
-    # 64x80 input tokens: 8x10 + 4x5 + 2x3 + 1x2 = 108 < 300 pairs of 80 classes? no: the
-    # test_cfg takes the best 300 (query, class) pairs of the selected queries
+    # the test_cfg's best 300 (query, class) pairs of the selected queries (the 108 tokens of a
+    # 64x80 input give 108 x 80 pairs)
     assert len(pred) == 300
     assert pred.scores[:-1].ge(pred.scores[1:]).all()
     # boxes in the original image (twice the input): within (0, 0, 160, 128)
