@@ -130,8 +130,10 @@ def test_a_rank_gets_one_sigterm_when_its_launcher_dies(launched_by_torchrun):
     time.sleep(0.1)
     assert watcher.is_alive() and received == []   # the launcher lives: nothing happens
     parent['pid'] = 1                                # it died: the rank was handed to init
-    watcher.join(timeout=5)
-    time.sleep(0.1)   # the handler runs in the main thread, between two bytecodes
+    watcher.join(timeout=60)   # returns as soon as the thread ends; the bound is for busy hosts
+    deadline = time.monotonic() + 10
+    while not received and time.monotonic() < deadline:
+        time.sleep(0.01)   # the handler runs in the main thread, between two bytecodes
     assert not watcher.is_alive() and received == [signal.SIGTERM]
 
 
