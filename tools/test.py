@@ -50,7 +50,7 @@ def trigger_visualization_hook(cfg: Config, args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    follow_launcher()   # a rank of tools/dist_*.sh ends when its launcher dies
+    watch = follow_launcher()   # a rank of tools/dist_*.sh ends when its launcher dies
     register_checkpoint_safe_globals()
     args = parse_args()
     if not osp.isfile(args.checkpoint):
@@ -73,6 +73,8 @@ def main() -> None:
         runner.test()
     finally:
         destroy_distributed()
+        if watch is not None:
+            watch.stop()
 
 
 if __name__ == '__main__':

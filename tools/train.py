@@ -58,7 +58,7 @@ def build_cfg(args: argparse.Namespace) -> Config:
 
 
 def main() -> None:
-    follow_launcher()   # a rank of tools/dist_*.sh ends when its launcher dies
+    watch = follow_launcher()   # a rank of tools/dist_*.sh ends when its launcher dies
     register_checkpoint_safe_globals()
     args = parse_args()
     cfg = build_cfg(args)
@@ -68,6 +68,8 @@ def main() -> None:
         runner.train()
     finally:
         destroy_distributed()
+        if watch is not None:
+            watch.stop()
 
 
 if __name__ == '__main__':

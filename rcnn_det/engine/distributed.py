@@ -33,7 +33,7 @@ CPU_MODEL_WRAPPER = dict(type='MMDistributedDataParallel', device_ids=None,
                          broadcast_buffers=False, find_unused_parameters=False)
 
 
-def follow_launcher(poll_s: float = LAUNCHER_POLL_S) -> threading.Thread | None:
+def follow_launcher(poll_s: float = LAUNCHER_POLL_S) -> LauncherWatch | None:
     """End this rank, with one SIGTERM to itself, when the torchrun launcher that started it dies.
 
     torchrun starts every rank in a session of its own, so killing the launcher (even its whole
@@ -41,7 +41,8 @@ def follow_launcher(poll_s: float = LAUNCHER_POLL_S) -> threading.Thread | None:
     and writing into the work dir. A daemon thread watches the parent PID and, once the launcher
     is gone (the rank handed to another parent), sends SIGTERM to this process: a training rank
     then stops like on any SIGTERM (CheckpointHook saves at the end of the iteration), other
-    ranks die of it. Call it first thing in a rank.
+    ranks die of it. Call it first thing in a rank, and ``stop()`` the returned watch when the
+    rank is done (a thread still running while the interpreter shuts down can abort it).
 
     The launcher is the PID in ``RCNN_DET_LAUNCHER_PID`` (set by tools/dist_*.sh), else the
     parent at the time of the call; with the variable, a launcher that died before the call makes
@@ -58,16 +59,30 @@ def follow_launcher(poll_s: float = LAUNCHER_POLL_S) -> threading.Thread | None:
     # Not prctl(PR_SET_PDEATHSIG, SIGTERM): as the launcher's threads exit one by one the kernel
     # hands the rank from thread to thread, signalling each time (two SIGTERMs seen from a killed
     # torchrun), and a second SIGTERM makes CheckpointHook stop at once, without saving.
-    watcher = threading.Thread(target=_signal_when_orphaned, args=(launcher, poll_s),
-                               name='follow-launcher', daemon=True)
+    watcher = LauncherWatch(launcher, poll_s)
     watcher.start()
     return watcher
 
 
-def _signal_when_orphaned(launcher: int, poll_s: float) -> None:
-    while os.getppid() == launcher:
-        time.sleep(poll_s)
-    os.kill(os.getpid(), signal.SIGTERM)
+class LauncherWatch(threading.Thread):
+    """The thread of ``follow_launcher``: polls the parent PID until it is no longer the
+    launcher (then SIGTERMs this process) or until ``stop()``."""
+
+    def __init__(self, launcher: int, poll_s: float) -> None:
+        super().__init__(name='follow-launcher', daemon=True)
+        self.launcher, self.poll_s = launcher, poll_s
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while os.getppid() == self.launcher:
+            if self._stopped.wait(self.poll_s):
+                return
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def stop(self) -> None:
+        """End the watch (within one poll) and wait for the thread."""
+        self._stopped.set()
+        self.join()
 
 
 def process_group_timeout(cfg: Config) -> datetime.timedelta | None:

@@ -137,6 +137,15 @@ def test_a_rank_gets_one_sigterm_when_its_launcher_dies(launched_by_torchrun):
     assert not watcher.is_alive() and received == [signal.SIGTERM]
 
 
+def test_a_stopped_watch_ends_without_a_signal(launched_by_torchrun):
+    parent, received = launched_by_torchrun
+    watcher = follow_launcher(poll_s=0.01)
+    watcher.stop()   # the rank is done: no thread outlives it into the interpreter's shutdown
+    parent['pid'] = 1
+    time.sleep(0.05)
+    assert not watcher.is_alive() and received == []
+
+
 def test_a_rank_whose_launcher_already_died_exits_at_once(launched_by_torchrun, monkeypatch):
     # The launcher (the PID in the variable) is no longer the parent: it died before the call.
     monkeypatch.setenv(LAUNCHER_PID_ENV, str(os.getppid() + 100000))
