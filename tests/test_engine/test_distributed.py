@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 import os
 import signal
-import time
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ from mmengine.dist import init_dist
 
 from conftest import free_port
 from rcnn_det.engine import destroy_distributed, follow_launcher, init_cpu_distributed
-from rcnn_det.engine.distributed import (CPU_MODEL_WRAPPER, LAUNCHER_PID_ENV,
+from rcnn_det.engine.distributed import (CPU_MODEL_WRAPPER, LAUNCHER_PID_ENV, LauncherWatch,
                                          process_group_timeout)
 
 
@@ -124,26 +123,36 @@ def launched_by_torchrun(monkeypatch):
     signal.signal(signal.SIGTERM, previous)
 
 
+# The watch's loop runs here in the test's own thread (``run()``), where the outcome does not
+# depend on when another thread gets scheduled; tests/test_tools/test_dist_faults.py kills a
+# real launcher and sees every rank end.
+
 def test_a_rank_gets_one_sigterm_when_its_launcher_dies(launched_by_torchrun):
     parent, received = launched_by_torchrun
     watcher = follow_launcher(poll_s=0.01)
-    time.sleep(0.1)
-    assert watcher.is_alive() and received == []   # the launcher lives: nothing happens
+    assert watcher.daemon and watcher.is_alive() and received == []   # the launcher lives
+    watcher.stop()
+    assert not watcher.is_alive() and received == []   # stopped: no signal, no thread left
+    watch = LauncherWatch(parent['pid'], poll_s=0.01)
     parent['pid'] = 1                                # it died: the rank was handed to init
-    watcher.join(timeout=60)   # returns as soon as the thread ends; the bound is for busy hosts
-    deadline = time.monotonic() + 10
-    while not received and time.monotonic() < deadline:
-        time.sleep(0.01)   # the handler runs in the main thread, between two bytecodes
-    assert not watcher.is_alive() and received == [signal.SIGTERM]
+    watch.run()
+    assert received == [signal.SIGTERM]
 
 
-def test_a_stopped_watch_ends_without_a_signal(launched_by_torchrun):
+def test_a_watch_polls_until_the_launcher_dies(launched_by_torchrun, monkeypatch):
     parent, received = launched_by_torchrun
-    watcher = follow_launcher(poll_s=0.01)
-    watcher.stop()   # the rank is done: no thread outlives it into the interpreter's shutdown
-    parent['pid'] = 1
-    time.sleep(0.05)
-    assert not watcher.is_alive() and received == []
+    polls = []
+
+    def wait(timeout):   # the launcher dies at the third poll
+        polls.append(timeout)
+        if len(polls) == 3:
+            parent['pid'] = 1
+        return False
+
+    watch = LauncherWatch(parent['pid'], poll_s=0.25)
+    monkeypatch.setattr(watch._stopped, 'wait', wait)
+    watch.run()
+    assert polls == [0.25] * 3 and received == [signal.SIGTERM]
 
 
 def test_a_rank_whose_launcher_already_died_exits_at_once(launched_by_torchrun, monkeypatch):
@@ -158,10 +167,11 @@ def test_without_the_launcher_variable_the_parent_is_followed(launched_by_torchr
     parent, received = launched_by_torchrun
     monkeypatch.delenv(LAUNCHER_PID_ENV)
     watcher = follow_launcher(poll_s=0.01)
+    watcher.stop()
+    assert watcher.launcher == parent['pid']
     parent['pid'] += 100000
-    watcher.join(timeout=5)
-    time.sleep(0.1)
-    assert not watcher.is_alive() and received == [signal.SIGTERM]
+    watcher.run()
+    assert received == [signal.SIGTERM]
 
 
 def test_outside_torchrun_follow_launcher_does_nothing(monkeypatch):
