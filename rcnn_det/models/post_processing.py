@@ -38,10 +38,29 @@ class Candidates:
     num_groups: int     # groups per image (classes, or levels)
 
 
+def meta_pairs(batch_img_metas: list[dict], key: str, device: torch.device,
+               dtype: torch.dtype = torch.float32) -> Tensor:
+    """(B, 2): the first two values of each image's ``metainfo[key]`` (``img_shape``: (h, w);
+    ``scale_factor``: (w, h)). In a graph being exported they are tensors (rows of the graph's
+    inputs) and are stacked, so that the graph computes with its inputs, not with the values
+    seen while tracing."""
+    values = [m[key] for m in batch_img_metas]
+    if all(isinstance(v, Tensor) for v in values):
+        return torch.stack([v[:2] for v in values]).to(device=device, dtype=dtype)
+    return torch.tensor([list(v[:2]) for v in values], dtype=dtype, device=device)
+
+
 def size_scales(batch_img_metas: list[dict], device: torch.device) -> Tensor:
     """(B, 4) = (sx, sy, sx, sy): the resize factors from the original image to the input."""
-    return torch.tensor([list(m['scale_factor']) * 2 for m in batch_img_metas],
-                        dtype=torch.float32, device=device)
+    return meta_pairs(batch_img_metas, 'scale_factor', device).repeat(1, 2)
+
+
+def at_most(k: int, x: Tensor, dim: int) -> int | Tensor:
+    """min(k, x.shape[dim]), for ``topk``; a traced value while exporting, so that the graph
+    takes the size of its own input."""
+    if torch.jit.is_tracing():
+        return torch.clamp(torch._shape_as_tensor(x)[dim], max=k)
+    return min(k, x.shape[dim])
 
 
 def filter_scores_and_topk(scores: Tensor, score_thr: float, topk: int
@@ -51,10 +70,11 @@ def filter_scores_and_topk(scores: Tensor, score_thr: float, topk: int
     keep = scores > score_thr
     values = scores[keep]
     index = keep.nonzero()                                                # (K, 2)
-    k = values.numel() if topk < 0 else min(topk, values.numel())
     values, order = values.sort(descending=True)
-    index = index[order[:k]]
-    return values[:k], index[:, 0], index[:, 1]
+    if topk >= 0:
+        values, order = values[:topk], order[:topk]
+    index = index[order]
+    return values, index[:, 0], index[:, 1]
 
 
 def topk_pairs(scores: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -86,11 +106,11 @@ def select_detections(candidates: Candidates, num_images: int, nms: NMSConfig,
     boxes, scores = candidates.boxes, candidates.scores
     keep = torch.ones_like(scores, dtype=torch.bool)
     if score_thr is not None:
-        keep &= scores > score_thr
+        keep = keep & (scores > score_thr)
     if min_bbox_size >= 0:
         measured = boxes if original_scales is None else boxes / original_scales[
             candidates.image_ids]
-        keep &= ((measured[:, 2:] - measured[:, :2]) > min_bbox_size).all(1)
+        keep = keep & ((measured[:, 2:] - measured[:, :2]) > min_bbox_size).all(1)
     boxes, scores = boxes[keep], scores[keep]
     labels, images, groups = (candidates.labels[keep], candidates.image_ids[keep],
                               candidates.groups[keep])
@@ -216,21 +236,41 @@ def to_original_image(results_list: list[InstanceData], batch_img_metas: list[di
                       ) -> list[InstanceData]:
     """Head predictions in the network input's frame -> the frame the user asked for.
 
-    ``rescale``: boxes divided by each image's ``scale_factor`` and masks pasted into its
-    ``ori_shape`` (mmdetection's ``rescale=True``); otherwise boxes left as they are and masks
-    pasted into ``img_shape``. Results with ``mask_probs`` (D, S, S), the probabilities of
-    each detection's own class, get ``masks`` (D, H, W) bool in their place.
+    ``rescale``: boxes divided by each image's ``scale_factor`` (``rescale_boxes``) and masks
+    pasted into its ``ori_shape`` (mmdetection's ``rescale=True``); otherwise boxes left as
+    they are and masks pasted into ``img_shape`` (``paste_mask_probs``).
     """
+    if rescale:
+        results_list = rescale_boxes(results_list, batch_img_metas)
+    return paste_mask_probs(results_list, batch_img_metas,
+                            'ori_shape' if rescale else 'img_shape', mask_paste)
+
+
+def rescale_boxes(results_list: list[InstanceData], batch_img_metas: list[dict]
+                  ) -> list[InstanceData]:
+    """Boxes of the network input -> boxes of the original image: divided by each image's
+    ``scale_factor`` (w, h); in place. An exported graph ends with this."""
+    if not results_list:
+        return results_list
+    bboxes = results_list[0].bboxes
+    factors = meta_pairs(batch_img_metas, 'scale_factor', bboxes.device, bboxes.dtype)
+    for i, results in enumerate(results_list):
+        results.bboxes = results.bboxes / factors[i].repeat(2)
+    return results_list
+
+
+def paste_mask_probs(results_list: list[InstanceData], batch_img_metas: list[dict],
+                     frame: str, mask_paste: MaskPaste | None) -> list[InstanceData]:
+    """Results with ``mask_probs`` (D, S, S), the probabilities of each detection's own class,
+    get ``masks`` (D, H, W) bool of the image's ``frame`` (a metainfo key: ``ori_shape`` or
+    ``img_shape``, matching the boxes) in their place; in place. Runs outside exported graphs
+    (their masks stay S x S)."""
     for results, meta in zip(results_list, batch_img_metas):
-        if rescale:
-            factors = results.bboxes.new_tensor(meta['scale_factor']).repeat(2)   # (4,)
-            results.bboxes = results.bboxes / factors
         if 'mask_probs' in results:
             if mask_paste is None:
                 raise ValueError('to_original_image: the results have mask_probs but no '
                                  'MaskPaste recipe was given')
-            frame = meta['ori_shape'] if rescale else meta['img_shape']
-            results.masks = paste_masks(results.mask_probs, results.bboxes, frame[:2],
+            results.masks = paste_masks(results.mask_probs, results.bboxes, meta[frame][:2],
                                         mask_paste.thr_binary, mode=mask_paste.mode)
             del results.mask_probs
     return results_list

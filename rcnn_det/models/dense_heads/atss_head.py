@@ -18,7 +18,7 @@ from torch import Tensor
 from rcnn_det.registry import MODELS, TASK_UTILS
 from rcnn_det.structures import SampleList, unpack_gt_instances
 
-from ..post_processing import (Candidates, filter_scores_and_topk, select_detections,
+from ..post_processing import (Candidates, filter_scores_and_topk, meta_pairs, select_detections,
                                size_scales)
 from ..recipes import DenseDetectionRecipe, build_or_pass
 from ..task_modules.anchor_targets import AnchorTargets, AnchorTrainRecipe, anchor_targets
@@ -222,8 +222,8 @@ class ATSSHead(BaseDenseHead):
         probs = [flatten_levels([c], self.num_classes).sigmoid() for c in cls_scores]
         deltas = [flatten_levels([b], 4) for b in bbox_preds]
         center = [flatten_levels([c], 1)[..., 0].sigmoid() for c in centernesses]
-        priors, offsets, scores, labels, image_ids, img_shapes = [], [], [], [], [], []
-        for i, meta in enumerate(batch_img_metas):
+        priors, offsets, scores, labels, image_ids = [], [], [], [], []
+        for i in range(len(batch_img_metas)):
             for level_anchors, p, d, c in zip(anchors, probs, deltas, center):
                 values, idx, level_labels = filter_scores_and_topk(p[i], recipe.score_thr,
                                                                    recipe.nms_pre)
@@ -232,9 +232,8 @@ class ATSSHead(BaseDenseHead):
                 scores.append(values * c[i][idx])
                 labels.append(level_labels)
                 image_ids.append(torch.full_like(idx, i))
-            img_shapes.append(meta['img_shape'][:2])
         image_ids = torch.cat(image_ids)
-        shapes = torch.tensor(img_shapes, device=device)[image_ids]      # (M, 2)
+        shapes = meta_pairs(batch_img_metas, 'img_shape', device, torch.long)[image_ids]  # (M, 2)
         boxes = self.bbox_coder.decode(torch.cat(priors), torch.cat(offsets), max_shape=shapes)
         labels = torch.cat(labels)
         candidates = Candidates(boxes=boxes, scores=torch.cat(scores), labels=labels,

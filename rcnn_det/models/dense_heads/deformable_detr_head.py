@@ -23,7 +23,7 @@ from rcnn_det.structures import (SampleList, bbox_cxcywh_to_xyxy, bbox_overlaps,
 
 from ..layers.deformable_transformer import inverse_sigmoid
 from ..losses import QualityFocalLoss
-from ..post_processing import Candidates, select_detections, topk_pairs
+from ..post_processing import Candidates, meta_pairs, select_detections, topk_pairs
 from ..recipes import NMSConfig, RecipeReader, build_or_pass
 from ..utils import reduce_mean
 
@@ -39,17 +39,17 @@ def image_masks(batch_samples_metas: list[dict], feats: list[Tensor]) -> list[Te
     """Per level (B, H_l, W_l) bool, True on padding: the batch canvas with each image's
     ``img_shape`` valid, resized (nearest) to the level."""
     height, width = batch_samples_metas[0]['batch_input_shape']
-    masks = feats[0].new_ones((len(batch_samples_metas), height, width))
-    for i, meta in enumerate(batch_samples_metas):
-        h, w = meta['img_shape'][:2]
-        masks[i, :h, :w] = 0
+    device = feats[0].device
+    shapes = meta_pairs(batch_samples_metas, 'img_shape', device, torch.long)   # (B, 2)
+    rows = torch.arange(height, device=device)[None, :, None] >= shapes[:, 0, None, None]
+    cols = torch.arange(width, device=device)[None, None, :] >= shapes[:, 1, None, None]
+    masks = (rows | cols).to(feats[0].dtype)                                  # (B, H, W)
     return [F.interpolate(masks[None], size=f.shape[-2:]).to(torch.bool)[0] for f in feats]
 
 
 def image_factors(metas: list[dict], device: torch.device) -> Tensor:
     """(B, 4) = (w, h, w, h) of each image's ``img_shape``."""
-    return torch.tensor([[m['img_shape'][1], m['img_shape'][0]] * 2 for m in metas],
-                        dtype=torch.float32, device=device)
+    return meta_pairs(metas, 'img_shape', device).flip(1).repeat(1, 2)
 
 
 def per_layer(layer_losses: list[dict], name: str = '{}', weight: float = 1.0) -> dict:
@@ -232,14 +232,14 @@ class DETRHeadBase(BaseModule):
         image (a query may appear with several classes); with ``nms``, those pairs then go
         through the shared post-processing, per class."""
         results, device = [], cls_scores.device
-        for scores, boxes, meta in zip(cls_scores.sigmoid(), bbox_preds, metas):
+        shapes = meta_pairs(metas, 'img_shape', device)                    # (B, 2) = (h, w)
+        for i, (scores, boxes) in enumerate(zip(cls_scores.sigmoid(), bbox_preds)):
             top, queries, labels = topk_pairs(scores, self.max_per_img)
             if self.score_thr > 0:
                 keep = top > self.score_thr
                 top, queries, labels = top[keep], queries[keep], labels[keep]
-            h, w = meta['img_shape'][:2]
-            xyxy = bbox_cxcywh_to_xyxy(boxes[queries])
-            xyxy = clip_boxes(xyxy * xyxy.new_tensor([w, h, w, h]), (h, w))
+            xyxy = bbox_cxcywh_to_xyxy(boxes[queries]) * shapes[i].flip(0).repeat(2)
+            xyxy = clip_boxes(xyxy, shapes[i:i + 1])
             results.append(InstanceData(bboxes=xyxy, scores=top, labels=labels))
         if self.nms is None:
             return results

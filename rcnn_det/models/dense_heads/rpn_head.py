@@ -15,7 +15,7 @@ from torch import Tensor
 from rcnn_det.registry import MODELS, TASK_UTILS
 from rcnn_det.structures import SampleList, unpack_gt_instances
 
-from ..post_processing import Candidates, select_detections, size_scales
+from ..post_processing import Candidates, at_most, meta_pairs, select_detections, size_scales
 from ..recipes import ProposalRecipe, build_or_pass
 from ..task_modules.anchor_targets import AnchorTrainRecipe, anchor_targets
 from .base_dense_head import BaseDenseHead
@@ -173,15 +173,15 @@ class RPNHead(BaseDenseHead):
             # Foreground is class 0; with softmax, index 1 is background.
             score = (logits[..., 0].sigmoid() if self.use_sigmoid_cls
                      else logits.softmax(-1)[..., 0])
-            k = min(recipe.nms_pre, score.shape[1]) if recipe.nms_pre > 0 else score.shape[1]
+            k = at_most(recipe.nms_pre, score, 1) if recipe.nms_pre > 0 else score.shape[1]
             top, idx = score.topk(k, dim=1)                              # (B, k)
             reg = reg.permute(0, 2, 3, 1).reshape(num_images, -1, 4)      # (B, H*W*A, 4)
             scores.append(top)
             deltas.append(reg.gather(1, idx[..., None].expand(-1, -1, 4)))
             priors.append(anc[idx])                                      # (B, k, 4)
-            levels.append(torch.full((k,), level, device=device, dtype=torch.long))
+            levels.append(torch.full_like(idx[0], level))
         # clipped to each image's own (h, w): the batch padding is not image
-        img_shapes = torch.tensor([m['img_shape'][:2] for m in batch_img_metas], device=device)
+        img_shapes = meta_pairs(batch_img_metas, 'img_shape', device, torch.long)
         boxes = self.bbox_coder.decode(torch.cat(priors, 1), torch.cat(deltas, 1),
                                        max_shape=img_shapes)             # (B, M, 4)
         scores = torch.cat(scores, 1)                                    # (B, M)

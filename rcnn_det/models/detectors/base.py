@@ -52,9 +52,19 @@ class BaseDetector(BaseModel, metaclass=ABCMeta):
     def loss(self, inputs: Tensor, data_samples: SampleList) -> dict:
         ...
 
-    @abstractmethod
     def predict(self, inputs: Tensor, data_samples: SampleList, rescale: bool = True) -> SampleList:
-        ...
+        """The samples with ``pred_instances``: the heads' results (``predict_in_input_frame``)
+        brought to the original image once (``to_original_image``)."""
+        results, mask_paste = self.predict_in_input_frame(inputs, data_samples)
+        return self.add_pred_to_datasample(
+            data_samples, self.to_original_image(results, data_samples, rescale, mask_paste))
+
+    @abstractmethod
+    def predict_in_input_frame(self, inputs: Tensor, data_samples: SampleList
+                               ) -> tuple[list[InstanceData], MaskPaste | None]:
+        """Per image, the detections in the network input's frame (bboxes, scores, labels, and
+        ``mask_probs`` (D, S, S) for a mask head), and how to paste those masks (None without
+        a mask head). Reads only the samples' metainfo; ``export_onnx`` traces this."""
 
     @abstractmethod
     def _forward(self, inputs: Tensor, data_samples: SampleList | None = None):

@@ -171,8 +171,9 @@ class CoDETR(BaseDetector):
     def use_padded_canvas(self, data_samples: SampleList) -> None:
         """``with_attn_mask=False``: every image is the whole padded batch input."""
         if not self.with_attn_mask:
-            for sample in data_samples:
-                sample.set_metainfo(dict(img_shape=sample.metainfo['batch_input_shape']))
+            for sample in data_samples:   # set_field: no deep copy, which a traced graph needs
+                sample.set_field(sample.metainfo['batch_input_shape'], 'img_shape',
+                                 field_type='metainfo')
 
     def loss(self, inputs: Tensor, data_samples: SampleList) -> dict:
         self.use_padded_canvas(data_samples)
@@ -198,17 +199,11 @@ class CoDETR(BaseDetector):
                     self.query_head.loss_aux(memory_maps, head_positives, k, data_samples), k))
         return losses
 
-    def predict(self, inputs: Tensor, data_samples: SampleList,
-                rescale: bool = True) -> SampleList:
-        self.use_padded_canvas(data_samples)
-        results, mask_paste = self.predict_in_input_frame(self.extract_feat(inputs),
-                                                          data_samples)
-        return self.add_pred_to_datasample(
-            data_samples, self.to_original_image(results, data_samples, rescale, mask_paste))
-
-    def predict_in_input_frame(self, x: tuple[Tensor, ...], data_samples: SampleList
+    def predict_in_input_frame(self, inputs: Tensor, data_samples: SampleList
                                ) -> tuple[list[InstanceData], MaskPaste | None]:
         """The evaluated module's results (network input frame) and its mask paste recipe."""
+        self.use_padded_canvas(data_samples)
+        x = self.extract_feat(inputs)
         if self.eval_module == 'detr':
             return self.query_head.predict(x, data_samples), None
         memory_maps = self.query_head(x, [s.metainfo for s in data_samples])[-1]

@@ -15,6 +15,7 @@ import copy
 
 import torch
 import torch.nn as nn
+from mmengine.structures import InstanceData
 from torch import Tensor
 
 from rcnn_det.registry import MODELS
@@ -149,13 +150,11 @@ class DINO(BaseDetector):
             [s.gt_instances for s in data_samples], [s.metainfo for s in data_samples],
             out['dn_meta'])
 
-    def predict(self, inputs: Tensor, data_samples: SampleList,
-                rescale: bool = True) -> SampleList:
+    def predict_in_input_frame(self, inputs: Tensor, data_samples: SampleList
+                               ) -> tuple[list[InstanceData], None]:
         cls_scores, bbox_preds = self._forward(inputs, data_samples)
-        results = self.bbox_head.predict_by_feat(cls_scores[-1], bbox_preds[-1],
-                                                 [s.metainfo for s in data_samples])
-        return self.add_pred_to_datasample(
-            data_samples, self.to_original_image(results, data_samples, rescale))
+        return self.bbox_head.predict_by_feat(cls_scores[-1], bbox_preds[-1],
+                                              [s.metainfo for s in data_samples]), None
 
     def _forward(self, inputs: Tensor, data_samples: SampleList | None = None):
         if data_samples is None:

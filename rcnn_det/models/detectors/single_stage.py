@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 
+from mmengine.structures import InstanceData
 from torch import Tensor
 
 from rcnn_det.registry import MODELS
@@ -34,11 +35,9 @@ class SingleStageDetector(BaseDetector):
     def loss(self, inputs: Tensor, data_samples: SampleList) -> dict:
         return self.bbox_head.loss(self.extract_feat(inputs), data_samples)
 
-    def predict(self, inputs: Tensor, data_samples: SampleList,
-                rescale: bool = True) -> SampleList:
-        results = self.bbox_head.predict(self.extract_feat(inputs), data_samples)
-        return self.add_pred_to_datasample(
-            data_samples, self.to_original_image(results, data_samples, rescale))
+    def predict_in_input_frame(self, inputs: Tensor, data_samples: SampleList
+                               ) -> tuple[list[InstanceData], None]:
+        return self.bbox_head.predict(self.extract_feat(inputs), data_samples), None
 
     def _forward(self, inputs: Tensor, data_samples: SampleList | None = None):
         return self.bbox_head(self.extract_feat(inputs))

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import copy
 
+from mmengine.structures import InstanceData
 from torch import Tensor
 
 from rcnn_det.registry import MODELS
 from rcnn_det.structures import SampleList, bbox2roi
 
+from ..post_processing import MaskPaste
 from ..recipes import ProposalRecipe, unknown_key_error
 from .base import BaseDetector
 
@@ -68,17 +70,14 @@ class TwoStageDetector(BaseDetector):
         losses.update(self.roi_head.loss(x, proposals, data_samples))
         return losses
 
-    def predict(self, inputs: Tensor, data_samples: SampleList,
-                rescale: bool = True) -> SampleList:
+    def predict_in_input_frame(self, inputs: Tensor, data_samples: SampleList
+                               ) -> tuple[list[InstanceData], MaskPaste | None]:
         x = self.extract_feat(inputs)
         if 'proposals' in data_samples[0]:
             proposals = [s.proposals for s in data_samples]
         else:
             proposals = self.rpn_head.predict(x, data_samples)
-        results = self.roi_head.predict(x, proposals, data_samples)
-        results = self.to_original_image(results, data_samples, rescale,
-                                         self.roi_head.mask_paste)
-        return self.add_pred_to_datasample(data_samples, results)
+        return self.roi_head.predict(x, proposals, data_samples), self.roi_head.mask_paste
 
     def _forward(self, inputs: Tensor, data_samples: SampleList | None = None):
         """Raw outputs: (rpn cls_scores, rpn bbox_preds, roi cls_score, roi bbox_pred[, mask

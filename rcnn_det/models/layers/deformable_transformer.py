@@ -124,7 +124,11 @@ def encode_levels(encoder: nn.Module, level_embeds: Tensor, mlvl_feats: list[Ten
     shapes = [tuple(feat.shape[-2:]) for feat in mlvl_feats]
     tokens = torch.cat([feat.flatten(2).transpose(1, 2) for feat in mlvl_feats], 1)
     padding = torch.cat([mask.flatten(1) for mask in mlvl_masks], 1)
-    spatial_shapes = torch.tensor(shapes, dtype=torch.long, device=tokens.device)
+    if torch.jit.is_tracing():   # exporting: the sizes of the graph's own maps
+        spatial_shapes = torch.stack([torch._shape_as_tensor(f)[-2:] for f in mlvl_feats])
+        spatial_shapes = spatial_shapes.to(tokens.device)
+    else:
+        spatial_shapes = torch.tensor(shapes, dtype=torch.long, device=tokens.device)
     level_start_index = torch.cat([spatial_shapes.new_zeros(1),
                                    spatial_shapes.prod(1).cumsum(0)[:-1]])
     ratios = torch.stack([valid_ratios(m) for m in mlvl_masks], 1)           # (B, L, 2)

@@ -27,7 +27,11 @@ from rcnn_det.registry import MODELS
 
 
 def _level_shapes(spatial_shapes: Tensor | Sequence[Sequence[int]]) -> list[tuple[int, int]]:
+    """(H_l, W_l) of each level as ints; while exporting, as 0-dim tensors of the graph (split
+    sizes and reshapes then follow the input's size instead of the traced one)."""
     if isinstance(spatial_shapes, Tensor):
+        if torch.jit.is_tracing():
+            return [(h, w) for h, w in spatial_shapes]
         spatial_shapes = spatial_shapes.tolist()
     return [(int(h), int(w)) for h, w in spatial_shapes]
 

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from rcnn_det.registry import MODELS, TASK_UTILS
 
-from ...post_processing import Candidates, select_detections
+from ...post_processing import Candidates, meta_pairs, select_detections
 from ...recipes import DetectionRecipe, build_or_pass
 from ...task_modules.samplers import SamplingResult
 
@@ -139,7 +139,7 @@ class Shared2FCBBoxHead(BaseModule):
         num_rois = rois.shape[0]
         image_ids = rois[:, 0].long()
         scores = cls_score.softmax(-1)[:, :-1] if cls_score.numel() else cls_score[:, :-1]
-        img_shapes = rois.new_tensor([m['img_shape'][:2] for m in batch_img_metas])  # (B, 2)
+        img_shapes = meta_pairs(batch_img_metas, 'img_shape', rois.device, rois.dtype)  # (B, 2)
         boxes = self.bbox_coder.decode(rois[:, 1:], bbox_pred,
                                        max_shape=img_shapes[image_ids])  # (K, 4C) or (K, 4)
         boxes = boxes.reshape(num_rois, bbox_pred.shape[-1] // 4, 4).expand(
