@@ -12,6 +12,9 @@ def read_requirements(name: str) -> list[str]:
     return [line.split('#')[0].strip() for line in lines if line.split('#')[0].strip()]
 
 
+DEPLOY = ['onnx>=1.16', 'onnxruntime>=1.18']
+
+
 def read_version() -> str:
     namespace: dict = {}
     exec((HERE / 'rcnn_det' / 'version.py').read_text(), namespace)
@@ -27,7 +30,9 @@ setup(
     python_requires='>=3.9',
     packages=find_packages(include=['rcnn_det', 'rcnn_det.*']),
     install_requires=read_requirements('requirements.txt'),
-    extras_require={'tests': ['pytest>=7', 'pytest-timeout']},
+    # deploy: ONNX export (onnx) and inference of the exported files (onnxruntime); the tests
+    # exercise both, so the tests extra includes them.
+    extras_require={'deploy': DEPLOY, 'tests': ['pytest>=7', 'pytest-timeout', *DEPLOY]},
     license='Apache-2.0',
     classifiers=[
         'Programming Language :: Python :: 3',

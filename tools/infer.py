@@ -1,5 +1,8 @@
 """Predict on your own images: ``python tools/infer.py CONFIG CHECKPOINT INPUT [options]``.
 
+CHECKPOINT is a checkpoint of tools/train.py or an ONNX file of tools/deployment/export_onnx.py
+(run with onnxruntime; same outputs).
+
 INPUT is an image file, a folder (the images directly in it, sorted by name) or a glob pattern
 (quote it so that the shell does not expand it: ``'photos/**/*.jpg'``). Writes
 
@@ -40,7 +43,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description='Draw and save the predictions of a detector on image files')
     parser.add_argument('config', help='config file of the model')
-    parser.add_argument('checkpoint', help='checkpoint file (tools/train.py writes them)')
+    parser.add_argument('checkpoint', help='checkpoint file (tools/train.py writes them), or a '
+                                           '.onnx file of tools/deployment/export_onnx.py (run '
+                                           'with onnxruntime)')
     parser.add_argument('input', help="an image file, a folder of images or a glob pattern "
                                       "('imgs/*.jpg'; quote it)")
     parser.add_argument('--out-dir', default='outputs',
@@ -141,7 +146,9 @@ def main() -> None:
         sys.exit(f'infer.py: error: {e}')
     visualizer = build_visualizer(model)
     classes = model.dataset_meta.get('classes')
-    batch_size = args.batch_size or (model.cfg.get('test_dataloader') or {}).get('batch_size') or 1
+    # an exported graph has its batch size built in (OnnxDetector.batch_size)
+    batch_size = (args.batch_size or getattr(model, 'batch_size', None)
+                  or (model.cfg.get('test_dataloader') or {}).get('batch_size') or 1)
     vis_dir = osp.join(args.out_dir, 'vis')
     vis_files = [osp.join(vis_dir, name) for name in vis_file_names(files)]
     records = []

@@ -158,9 +158,11 @@ def init_detector(config: str | os.PathLike | Config, checkpoint: str | os.PathL
     Args:
         config: a config file path or an mmengine ``Config``.
         checkpoint: an mmengine checkpoint (see ``read_checkpoint``); None keeps random
-            weights. It must fit the model exactly (``load_state_dict_strict``: DDP's
-            ``module.`` prefix is dropped, mmdetection 3.x Deformable DETR names are renamed by
-            the model).
+            weights; a ``.onnx`` file of ``tools/deployment/export_onnx.py`` gives an
+            ``OnnxDetector`` that runs it with onnxruntime (``init_onnx_detector``). A
+            checkpoint must fit the model exactly (``load_state_dict_strict``: DDP's
+            ``module.`` prefix is dropped, mmdetection 3.x Deformable DETR names are renamed
+            by the model).
         device: where the model runs ('cpu', 'cuda', 'cuda:1', ...).
         cfg_options: config overrides, ``--cfg-options`` style (``{'model.test_cfg.rcnn.
             score_thr': 0.5}``).
@@ -173,6 +175,8 @@ def init_detector(config: str | os.PathLike | Config, checkpoint: str | os.PathL
     classes, else from the config's test dataset; a warning when neither names them).
     """
     cfg = load_config(config, cfg_options)
+    if checkpoint is not None and str(checkpoint).endswith('.onnx'):
+        return init_onnx_detector(cfg, checkpoint, device)
     # A bad checkpoint file fails before the model is built.
     loaded = None if checkpoint is None else read_checkpoint(checkpoint)
     with DefaultScope.overwrite_default_scope(cfg.get('default_scope') or 'rcnn_det'):
@@ -193,6 +197,22 @@ def init_detector(config: str | os.PathLike | Config, checkpoint: str | os.PathL
     model.dataset_meta = complete_dataset_meta(meta)
     model.to(device)
     model.eval()
+    return model
+
+
+def init_onnx_detector(cfg: Config, file: str | os.PathLike, device: str | torch.device = 'cpu'):
+    """``init_detector`` for a file of ``tools/deployment/export_onnx.py``: an ``OnnxDetector``
+    (onnxruntime; the ``deploy`` extra) with the config's pipeline and preprocessing, and the
+    classes saved in the file (else the config's)."""
+    if not osp.isfile(file):
+        raise FileNotFoundError(f'ONNX file not found: {file}')
+    from rcnn_det.deployment.onnx_runtime import OnnxDetector
+
+    model = OnnxDetector(file, cfg, device)
+    meta = dict(model.metadata.get('dataset_meta') or {})
+    if meta.get('classes') is None:
+        meta = {**meta, **config_dataset_meta(cfg)}
+    model.dataset_meta = complete_dataset_meta(meta)
     return model
 
 

@@ -78,7 +78,7 @@ def sample_of(**metainfo) -> DetDataSample:
 
 
 def export_onnx(detector: nn.Module, file: str | os.PathLike, input_shape: tuple[int, int],
-                batch_size: int = 1, dynamic: bool = True, opset: int = DEFAULT_OPSET,
+                batch_size: int = 1, dynamic: bool = False, opset: int = DEFAULT_OPSET,
                 dataset_meta: dict | None = None) -> dict:
     """Write ``detector`` (in eval mode, on the CPU) to ``file``.
 
@@ -117,6 +117,11 @@ def export_onnx(detector: nn.Module, file: str | os.PathLike, input_shape: tuple
         # (same predictions as PyTorch at other input sizes) are what tell.
         warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)
         warnings.filterwarnings('ignore', message='.*is deprecated.*')
+        # the choice of this exporter is deliberate (module docstring)
+        warnings.filterwarnings('ignore', message='You are using the legacy TorchScript-based')
+        warnings.filterwarnings('ignore', message='The feature will be removed')
+        # our indices are never negative, the case this warns about
+        warnings.filterwarnings('ignore', message='Exporting aten::index operator')
         torch.onnx.export(wrapper, (images, img_shapes, scale_factors),
                           str(file), dynamo=False, opset_version=opset,
                           input_names=list(INPUT_NAMES), output_names=list(outputs),

@@ -153,6 +153,11 @@ def batched_soft_nms(boxes: Tensor, scores: Tensor, groups: Tensor, image_ids: T
         keep (K,) indices of the kept candidates, image by image, each image's in pick order
         (best first: later decays only lower the scores), and their decayed scores (K,).
     """
+    if torch.jit.is_tracing():
+        raise NotImplementedError(
+            "soft-NMS cannot be exported to ONNX (its number of rounds depends on the data); "
+            "export with hard NMS instead, e.g. --cfg-options "
+            "model.test_cfg.0.nms.type=nms for Co-DINO's query head")
     num = scores.numel()
     if num == 0:
         return torch.zeros(0, dtype=torch.long, device=scores.device), scores.new_zeros(0)

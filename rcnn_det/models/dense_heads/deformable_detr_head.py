@@ -247,8 +247,7 @@ class DETRHeadBase(BaseModule):
             boxes=torch.cat([r.bboxes for r in results]),
             scores=torch.cat([r.scores for r in results]),
             labels=torch.cat([r.labels for r in results]),
-            image_ids=torch.cat([torch.full((len(r),), i, device=device, dtype=torch.long)
-                                 for i, r in enumerate(results)]),
+            image_ids=torch.cat([torch.full_like(r.labels, i) for i, r in enumerate(results)]),
             groups=torch.cat([r.labels for r in results]), num_groups=self.num_classes)
         return select_detections(candidates, len(results), self.nms, self.max_per_img)
 

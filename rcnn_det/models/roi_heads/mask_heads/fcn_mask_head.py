@@ -139,7 +139,7 @@ class FCNMaskHead(BaseModule):
             the same InstanceData with ``mask_probs`` (D_i, S, S), which the detector pastes
             into the image (``post_processing.to_original_image``).
         """
-        per_image = mask_preds.split([len(res) for res in results_list])
+        per_image = mask_preds.split([res.labels.shape[0] for res in results_list])  # traceable
         for preds, res in zip(per_image, results_list):
             channels = torch.zeros_like(res.labels) if self.class_agnostic else res.labels
             res.mask_probs = preds[torch.arange(preds.shape[0], device=preds.device),

@@ -39,7 +39,8 @@ def delta2bbox(rois: Tensor, deltas: Tensor, means: tuple[float, ...] = (0., 0.,
                wh_ratio_clip: float = DEFAULT_WH_RATIO_CLIP, clip_border: bool = True,
                add_ctr_clamp: bool = False, ctr_clamp: float = 32) -> Tensor:
     """Apply ``deltas`` (..., 4k) to ``rois`` (..., 4); returns boxes shaped like ``deltas``."""
-    num_classes = deltas.shape[-1] // 4
+    # a plain int: an exported graph then reshapes to a fixed k, which also works for 0 boxes
+    num_classes = int(deltas.shape[-1]) // 4
     deltas = deltas.reshape(*deltas.shape[:-1], num_classes, 4)         # (..., k, 4)
     deltas = deltas * deltas.new_tensor(stds) + deltas.new_tensor(means)
     rois = rois[..., None, :]                                           # (..., 1, 4)
