@@ -129,7 +129,7 @@ def select_detections(candidates: Candidates, num_images: int, nms: NMSConfig,
     return results
 
 
-@torch.no_grad()
+@torch.jit._script_if_tracing
 def batched_soft_nms(boxes: Tensor, scores: Tensor, groups: Tensor, image_ids: Tensor,
                      iou_threshold: float = 0.3, sigma: float = 0.5, min_score: float = 1e-3,
                      method: str = 'linear') -> tuple[Tensor, Tensor]:
@@ -152,33 +152,36 @@ def batched_soft_nms(boxes: Tensor, scores: Tensor, groups: Tensor, image_ids: T
     Returns:
         keep (K,) indices of the kept candidates, image by image, each image's in pick order
         (best first: later decays only lower the scores), and their decayed scores (K,).
+
+    Written in TorchScript's subset and out of place: while a model is exported to ONNX it is
+    compiled (``_script_if_tracing``), so that its rounds become an ONNX ``Loop`` that runs as
+    many times as the data needs.
     """
-    if torch.jit.is_tracing():
-        raise NotImplementedError(
-            "soft-NMS cannot be exported to ONNX (its number of rounds depends on the data); "
-            "export with hard NMS instead, e.g. --cfg-options "
-            "model.test_cfg.0.nms.type=nms for Co-DINO's query head")
-    num = scores.numel()
+    boxes, scores, device = boxes.detach(), scores.detach(), scores.device
+    num = scores.shape[0]
     if num == 0:
-        return torch.zeros(0, dtype=torch.long, device=scores.device), scores.new_zeros(0)
+        return torch.zeros(0, dtype=torch.long, device=device), scores.new_zeros(0)
     # Padded layout: row b holds image b's candidates in their given order (slots), padding
     # points at the extra candidate ``num``: a zero box that is never alive.
     num_images = int(image_ids.max()) + 1
-    counts = torch.bincount(image_ids, minlength=num_images)                 # (B,)
-    by_image = image_ids.sort(stable=True).indices                           # (M,)
+    image_range = torch.arange(num_images, device=device)
+    counts = (image_ids[:, None] == image_range[None]).sum(0)               # (B,)
+    # by image, in the given order inside each (unique keys: no sort stability needed)
+    by_image = (image_ids * num + torch.arange(num, device=device)).argsort()   # (M,)
     rows = image_ids[by_image]
-    cols = torch.arange(num, device=scores.device) - (counts.cumsum(0) - counts)[rows]
+    cols = torch.arange(num, device=device) - (counts.cumsum(0) - counts)[rows]
     width = int(counts.max())
-    slot_to_cand = torch.full((num_images, width), num, dtype=torch.long, device=scores.device)
-    slot_to_cand[rows, cols] = by_image                                      # (B, W)
+    slot_to_cand = torch.full((num_images, width), num, dtype=torch.long, device=device)
+    slot_to_cand = slot_to_cand.index_put((rows, cols), by_image)            # (B, W)
     box = torch.cat([boxes, boxes.new_zeros(1, 4)])[slot_to_cand]            # (B, W, 4)
     area = (box[..., 2] - box[..., 0]) * (box[..., 3] - box[..., 1])         # (B, W)
     group = torch.cat([groups, groups.new_zeros(1)])[slot_to_cand]           # (B, W)
     score = torch.cat([scores, scores.new_zeros(1)])[slot_to_cand]           # (B, W) decayed
     alive = slot_to_cand < num            # (B, W) slots neither picked nor dropped yet
-    position = torch.arange(width, device=scores.device)
+    position = torch.arange(width, device=device)
     order = position.repeat(num_images, 1)        # (B, W) the kernel's working order of slots
     end = counts.clone()                          # (B,) positions < end are still in play
+    no = torch.zeros((num_images, 1), dtype=torch.bool, device=device)
     for i in range(width):
         active = end > i
         if not bool(active.any()):
@@ -188,42 +191,43 @@ def batched_soft_nms(boxes: Tensor, scores: Tensor, groups: Tensor, image_ids: T
                                                            float('-inf'))
         best = ranked.argmax(1, keepdim=True) + i                             # (B, 1)
         pick = order.gather(1, best)                                          # (B, 1) slot
-        order.scatter_(1, best, order[:, i:i + 1].clone())
-        order[:, i:i + 1] = pick
-        alive.scatter_(1, pick, False)
+        order = order.scatter(1, best, order[:, i:i + 1])
+        order = torch.cat([order[:, :i], pick, order[:, i + 1:]], 1)
+        alive = alive.scatter(1, pick, no)
         # the kernel's IoU, in its order of operations
         picked = box.gather(1, pick[..., None].expand(-1, -1, 4))             # (B, 1, 4)
         wh = (torch.minimum(box[..., 2:], picked[..., 2:])
               - torch.maximum(box[..., :2], picked[..., :2])).clamp(min=0)   # (B, W, 2)
         inter = wh[..., 0] * wh[..., 1]
         iou = inter / (area.gather(1, pick) + area - inter)                   # (B, W)
-        iou = torch.where(group == group.gather(1, pick), iou, 0)
+        iou = torch.where(group == group.gather(1, pick), iou, torch.zeros_like(iou))
+        ones = torch.ones_like(iou)
         if method == 'linear':
-            weight = torch.where(iou >= iou_threshold, 1 - iou, 1)
+            weight = torch.where(iou >= iou_threshold, ones - iou, ones)
         elif method == 'naive':
-            weight = torch.where(iou >= iou_threshold, 0, 1).to(iou.dtype)
+            weight = torch.where(iou >= iou_threshold, torch.zeros_like(iou), ones)
         else:
             weight = torch.exp(-(iou * iou) / sigma)
         score = torch.where(alive, score * weight, score)
         dropped = alive & (score < min_score)
-        if not bool(dropped.any()):
-            continue
-        alive &= ~dropped
-        # The kernel fills each dropped position, front to back, with the last survivor at
-        # the back; so survivors before the new end stay, the holes among them take the
-        # survivors behind it in reverse order.
-        kept = alive.gather(1, order) & (position > i) & (position < end[:, None])
-        new_end = torch.where(active, i + 1 + kept.sum(1), end)
-        hole = ~kept & (position > i) & (position < new_end[:, None])
-        donor = kept & (position >= new_end[:, None])
-        hole_rank = hole.cumsum(1) - 1
-        donor_rank = donor.flip(1).cumsum(1).flip(1) - 1
-        filler = order.new_zeros(num_images, width + 1)      # column W collects non-donors
-        filler.scatter_(1, torch.where(donor, donor_rank, width), order)
-        order = torch.where(hole, filler.gather(1, hole_rank.clamp(min=0)), order)
-        end = new_end
+        if bool(dropped.any()):   # (an `if`, not `continue`, which the ONNX Loop mishandles)
+            alive = alive & ~dropped
+            # The kernel fills each dropped position, front to back, with the last survivor at
+            # the back; so survivors before the new end stay, the holes among them take the
+            # survivors behind it in reverse order.
+            kept = alive.gather(1, order) & (position > i) & (position < end[:, None])
+            new_end = torch.where(active, i + 1 + kept.sum(1), end)
+            hole = ~kept & (position > i) & (position < new_end[:, None])
+            donor = kept & (position >= new_end[:, None])
+            hole_rank = hole.long().cumsum(1) - 1
+            donor_rank = donor.long().flip([1]).cumsum(1).flip([1]) - 1
+            filler = order.new_zeros(num_images, width + 1)      # column W collects non-donors
+            filler = filler.scatter(1, torch.where(donor, donor_rank,
+                                                   torch.full_like(donor_rank, width)), order)
+            order = torch.where(hole, filler.gather(1, hole_rank.clamp(min=0)), order)
+            end = new_end
     picks = position < end[:, None]              # (B, W) positions 0..end-1: picks, in order
-    image = torch.arange(num_images, device=scores.device)[:, None].expand_as(order)[picks]
+    image = image_range[:, None].expand_as(order)[picks]
     slots = order[picks]
     return slot_to_cand[image, slots], score[image, slots]
 

@@ -12,6 +12,7 @@ from conftest import (ATSS_DEMO_CONFIG, CO_DETR_DEMO_CONFIG, CO_DINO_DEMO_CONFIG
 from rcnn_det.apis import inference_detector, init_detector
 from rcnn_det.deployment import ExportableDetector, export_onnx
 from rcnn_det.deployment.onnx_runtime import OnnxDetector
+from rcnn_det.models.post_processing import batched_soft_nms
 
 FAMILIES = dict(faster_rcnn=DEMO_CONFIG, mask_rcnn=MASK_DEMO_CONFIG, atss=ATSS_DEMO_CONFIG,
                 deformable_detr=DETR_DEMO_CONFIG, co_deformable_detr=CO_DETR_DEMO_CONFIG,
@@ -107,14 +108,52 @@ def test_an_image_with_no_detections(family, tmp_path):
     assert ort['boxes'].shape == (0, 4)
 
 
-def test_soft_nms_is_refused_by_name_and_hard_nms_exports(tmp_path):
-    """Co-DINO's query head uses soft-NMS, whose rounds depend on the data."""
-    with pytest.raises(NotImplementedError, match='soft-NMS cannot be exported'):
-        export_onnx(build(CO_DINO_DEMO_CONFIG), tmp_path / 'soft.onnx', TRACED)
-    model = build(CO_DINO_DEMO_CONFIG, {'model.test_cfg.0.nms.type': 'nms'})
-    export_onnx(model, tmp_path / 'co_dino.onnx', TRACED, dynamic=True)
-    eager, ort = both(model, tmp_path / 'co_dino.onnx', graph_inputs(1, (160, 224), [(160, 200)]))
-    assert_same_detections(eager, ort)
+def test_co_dino_exports_with_its_soft_nms(tmp_path):
+    model = build(CO_DINO_DEMO_CONFIG)
+    file = tmp_path / 'co_dino.onnx'
+    export_onnx(model, file, TRACED, dynamic=True)
+    for size, img_shape in (((160, 224), (160, 200)), ((256, 288), (250, 288))):
+        eager, ort = both(model, file, graph_inputs(1, size, [img_shape]))
+        assert_same_detections(eager, ort)
+
+
+class SoftNMS(torch.nn.Module):
+    def __init__(self, method: str) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, boxes, scores, groups, image_ids):
+        return batched_soft_nms(boxes, scores, groups, image_ids, iou_threshold=0.3, sigma=0.5,
+                                min_score=0.2, method=self.method)
+
+
+def crowded(num: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """Heavily overlapping boxes of 3 images and 2 groups: many decays, many drops."""
+    generator = torch.Generator().manual_seed(seed)
+    xy = torch.rand(num, 2, generator=generator) * 30
+    boxes = torch.cat([xy, xy + 20 + torch.rand(num, 2, generator=generator) * 10], 1)
+    return (boxes, torch.rand(num, generator=generator),
+            torch.randint(0, 2, (num,), generator=generator),
+            torch.randint(0, 3, (num,), generator=generator))
+
+
+@pytest.mark.parametrize('method', ['linear', 'gaussian', 'naive'])
+def test_soft_nms_rounds_become_an_onnx_loop(method, tmp_path):
+    """Its rounds run as often as the data needs: other candidate counts than the traced one."""
+    file = tmp_path / 'soft_nms.onnx'
+    with torch.no_grad():
+        torch.onnx.export(SoftNMS(method), crowded(40, 0), str(file), dynamo=False,
+                          opset_version=17, input_names=['b', 's', 'g', 'i'],
+                          dynamic_axes={name: {0: 'n'} for name in 'bsgi'})
+    session = onnxruntime.InferenceSession(str(file), providers=['CPUExecutionProvider'])
+    for num, seed in ((40, 1), (90, 2), (7, 3)):
+        inputs = crowded(num, seed)
+        keep, kept_scores = batched_soft_nms(*inputs, iou_threshold=0.3, sigma=0.5,
+                                             min_score=0.2, method=method)
+        assert len(keep) < num   # some were dropped
+        ort_keep, ort_scores = session.run(None, dict(zip('bsgi', (t.numpy() for t in inputs))))
+        np.testing.assert_array_equal(ort_keep, keep.numpy())
+        np.testing.assert_allclose(ort_scores, kept_scores.numpy(), rtol=0, atol=1e-6)
 
 
 def test_init_detector_runs_an_onnx_file_like_its_checkpoint(tmp_path, tiny_shapes_root):

@@ -48,3 +48,19 @@ def test_deformable_attention_benchmark(tmp_path):
     rows = re.findall(r'^(encoder|decoder) .*?\s([\d.]+)\s+([\d.]+)$', proc.stdout, flags=re.M)
     assert [r[0] for r in rows] == ['encoder', 'decoder'], proc.stdout
     assert all(float(fwd) > 0 and float(both) > 0 for _, fwd, both in rows)
+
+
+def test_benchmark_compares_onnxruntime_with_pytorch(tmp_path):
+    proc = run_tool([PYTHON, str(REPO_ROOT / 'tools/analysis_tools/benchmark.py'),
+                     str(DEMO_CONFIG), '--batch-size', '1', '--shape', '128', '160',
+                     '--iters', '1', '--warmup', '0', '--device', 'cpu',
+                     '--compare', 'onnxruntime'], cwd=tmp_path)
+    out = proc.stdout
+    rows = {m.group(1): float(m.group(2))
+            for m in re.finditer(r'^(rcnn_det|onnxruntime)\s+([\d.]+)\s+([\d.]+)$', out,
+                                 flags=re.M)}
+    assert set(rows) == {'rcnn_det', 'onnxruntime'} and min(rows.values()) > 0, out
+    ratio = re.search(r'^ratio\s+([\d.]+)x', out, flags=re.M)
+    assert ratio, out
+    assert float(ratio.group(1)) == pytest.approx(rows['onnxruntime'] / rows['rcnn_det'],
+                                                  rel=0.05, abs=0.02)

@@ -10,9 +10,12 @@ post-processing; the peak memory is printed too. Any detector config works (Fast
 ATSS, Deformable DETR, Co-DETR, ...). With ``--compare
 torchvision`` torchvision's ``fasterrcnn_resnet50_fpn`` (random
 init, 81 classes, backbone frozen like the mmdet recipe: stem + layer1 frozen, frozen BN) runs on
-the same inputs, and the ratios are printed. The two models take turns, one step each, and the
-median step time is reported, so that a machine whose speed drifts (shared CPUs, clock
-scaling) affects both alike.
+the same inputs, and the ratios are printed. With ``--compare onnxruntime`` the model is
+exported to ONNX (``rcnn_det.deployment.export_onnx``, static shape, the given batch size) and
+the exported computation (network, post-processing, rescale; after the preprocessor, before
+mask pasting) is timed in PyTorch and in onnxruntime (CPU, as many threads as PyTorch) on the
+same preprocessed batch. The sides take turns, one step each, and the median step time is
+reported, so that a machine whose speed drifts (shared CPUs, clock scaling) affects both alike.
 """
 from __future__ import annotations
 
@@ -40,7 +43,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--iters', type=int, default=10, help='timed iterations')
     parser.add_argument('--warmup', type=int, default=3, help='untimed iterations first')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--compare', choices=['torchvision'], default=None)
+    parser.add_argument('--compare', choices=['torchvision', 'onnxruntime'], default=None,
+                        help="torchvision's Faster R-CNN on the same inputs, or the config's "
+                             'model exported to ONNX and run by onnxruntime (inference only)')
     parser.add_argument('--num-gts', type=int, default=5, help='ground-truth boxes per image')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     return parser.parse_args()
@@ -94,14 +99,20 @@ def median_step_times(steps: dict[str, Callable[[], None]], iters: int, warmup: 
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def rcnn_det_steps(cfg: Config, batch, args, device) -> tuple[Callable, Callable]:
-    """(train step, inference step) of the config's model on ``batch``."""
+def build_model(cfg: Config, device: torch.device) -> torch.nn.Module:
+    """The config's model with random weights (nothing read from disk)."""
     model_cfg = cfg.model
     if model_cfg.backbone.get('init_cfg', None) is not None:
-        model_cfg.backbone.init_cfg = None  # random init: nothing to read from disk
+        model_cfg.backbone.init_cfg = None
     model = MODELS.build(model_cfg).to(device)
     MMLogger.get_current_instance().setLevel(logging.WARNING)
     model.init_weights()
+    return model
+
+
+def rcnn_det_steps(cfg: Config, batch, args, device) -> tuple[Callable, Callable]:
+    """(train step, inference step) of the config's model on ``batch``."""
+    model = build_model(cfg, device)
     images, boxes, labels = batch
     h, w = args.shape
     masks = [box_masks(b, (h, w)) for b in boxes]   # for models with a mask head
@@ -134,6 +145,42 @@ def rcnn_det_steps(cfg: Config, batch, args, device) -> tuple[Callable, Callable
         model(**data, mode='predict')
 
     return train_step, infer_step
+
+
+def onnxruntime_steps(cfg: Config, batch, args) -> dict[str, Callable[[], None]]:
+    """{'rcnn_det': PyTorch, 'onnxruntime': the exported file} inference steps on one
+    preprocessed batch (CPU)."""
+    import tempfile
+
+    import onnxruntime
+
+    from rcnn_det.deployment import ExportableDetector, export_onnx
+    from rcnn_det.models.post_processing import meta_pairs
+
+    model = build_model(cfg, torch.device('cpu')).eval()
+    images, _, _ = batch
+    h, w = args.shape
+    samples = [DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w),
+                                           scale_factor=(1.0, 1.0))) for _ in images]
+    data = model.data_preprocessor(dict(inputs=list(images), data_samples=samples), False)
+    metas = [s.metainfo for s in data['data_samples']]
+    inputs = (data['inputs'], meta_pairs(metas, 'img_shape', 'cpu', torch.long),
+              meta_pairs(metas, 'scale_factor', 'cpu'))
+    with tempfile.TemporaryDirectory() as folder:
+        file = f'{folder}/model.onnx'
+        export_onnx(model, file, tuple(data['inputs'].shape[-2:]), batch_size=len(images))
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        session = onnxruntime.InferenceSession(file, options,
+                                               providers=['CPUExecutionProvider'])
+    feed = dict(zip(('images', 'img_shapes', 'scale_factors'), (t.numpy() for t in inputs)))
+    exportable = ExportableDetector(model).eval()
+
+    @torch.no_grad()
+    def pytorch_step():
+        exportable(*inputs)
+
+    return {'rcnn_det': pytorch_step, 'onnxruntime': lambda: session.run(None, feed)}
 
 
 def torchvision_steps(batch, args, device, num_classes: int) -> tuple[Callable, Callable]:
@@ -201,6 +248,11 @@ def main() -> None:
     num_classes = config_num_classes(cfg.model)
     batch = random_batch(args.batch_size, tuple(args.shape), args.num_gts, num_classes)
     torch.manual_seed(0)
+    if args.compare == 'onnxruntime':
+        if device.type != 'cpu':
+            raise SystemExit('benchmark: --compare onnxruntime runs on the CPU (--device cpu)')
+        compare_inference(args, onnxruntime_steps(cfg, batch, args))
+        return
     steps = {'rcnn_det': rcnn_det_steps(cfg, batch, args, device)}
     if args.compare == 'torchvision':
         torch.manual_seed(0)
@@ -223,6 +275,19 @@ def main() -> None:
         (_, t_ours, i_ours), (_, t_tv, i_tv) = rows
         print(f'{"ratio":12s} {t_tv / t_ours:11.2f}x {"":11s} {i_tv / i_ours:11.2f}x   '
               '(rcnn_det speed / torchvision speed; > 1 means rcnn_det is faster)')
+
+
+def compare_inference(args, steps: dict[str, Callable[[], None]]) -> None:
+    """Print the images/s of each inference step and the ratio of the second to the first."""
+    times = median_step_times(steps, args.iters, args.warmup, torch.device('cpu'))
+    print(f'\n{args.config} exported computation on cpu ({torch.get_num_threads()} threads), '
+          f'batch {args.batch_size}, input {args.shape[0]}x{args.shape[1]}, median of '
+          f'{args.iters} timed iterations after {args.warmup}')
+    print(f'{"":12s} {"infer img/s":>12s} {"s/batch":>9s}')
+    for name, seconds in times.items():
+        print(f'{name:12s} {args.batch_size / seconds:12.3f} {seconds:9.3f}')
+    (first, t_first), (second, t_second) = times.items()
+    print(f'{"ratio":12s} {t_first / t_second:11.2f}x   ({second} speed / {first} speed)')
 
 
 if __name__ == '__main__':
