@@ -16,9 +16,9 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
-from rcnn_det.models.post_processing import MaskPaste, meta_pairs, paste_mask_probs
+from rcnn_det.models.post_processing import MaskPaste, paste_mask_probs
 from rcnn_det.registry import MODELS
-from rcnn_det.structures import SampleList
+from rcnn_det.structures import SampleList, meta_pairs
 
 from .onnx_export import METADATA_KEY, detections_to_results
 

@@ -22,7 +22,7 @@ from mmengine.structures import InstanceData
 from torch import Tensor
 from torchvision.ops import batched_nms
 
-from rcnn_det.structures import paste_masks
+from rcnn_det.structures import meta_pairs, paste_masks
 
 from .recipes import NMSConfig
 
@@ -36,18 +36,6 @@ class Candidates:
     image_ids: Tensor   # (M,) the image of each candidate, 0..B-1
     groups: Tensor      # (M,) NMS runs inside each (image, group): the class, or the RPN's level
     num_groups: int     # groups per image (classes, or levels)
-
-
-def meta_pairs(batch_img_metas: list[dict], key: str, device: torch.device,
-               dtype: torch.dtype = torch.float32) -> Tensor:
-    """(B, 2): the first two values of each image's ``metainfo[key]`` (``img_shape``: (h, w);
-    ``scale_factor``: (w, h)). In a graph being exported they are tensors (rows of the graph's
-    inputs) and are stacked, so that the graph computes with its inputs, not with the values
-    seen while tracing."""
-    values = [m[key] for m in batch_img_metas]
-    if all(isinstance(v, Tensor) for v in values):
-        return torch.stack([v[:2] for v in values]).to(device=device, dtype=dtype)
-    return torch.tensor([list(v[:2]) for v in values], dtype=dtype, device=device)
 
 
 def size_scales(batch_img_metas: list[dict], device: torch.device) -> Tensor:

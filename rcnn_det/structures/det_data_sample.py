@@ -10,7 +10,9 @@ batch_input_shape.
 """
 from __future__ import annotations
 
+import torch
 from mmengine.structures import BaseDataElement, InstanceData
+from torch import Tensor
 
 
 class DetDataSample(BaseDataElement):
@@ -77,3 +79,15 @@ def unpack_gt_instances(batch_data_samples: SampleList
         ignored.append(sample.ignored_instances if 'ignored_instances' in sample else None)
         metas.append(sample.metainfo)
     return gts, ignored, metas
+
+
+def meta_pairs(batch_img_metas: list[dict], key: str, device: torch.device,
+               dtype: torch.dtype = torch.float32) -> Tensor:
+    """(B, 2): the first two values of each image's ``metainfo[key]`` (``img_shape``: (h, w);
+    ``scale_factor``: (w, h)). In a graph being exported they are tensors (rows of the graph's
+    inputs) and are stacked, so that the graph computes with its inputs, not with the values
+    seen while tracing."""
+    values = [m[key] for m in batch_img_metas]
+    if all(isinstance(v, Tensor) for v in values):
+        return torch.stack([v[:2] for v in values]).to(device=device, dtype=dtype)
+    return torch.tensor([list(v[:2]) for v in values], dtype=dtype, device=device)

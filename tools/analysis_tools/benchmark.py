@@ -31,7 +31,7 @@ from mmengine.logging import MMLogger
 from mmengine.structures import InstanceData
 
 from rcnn_det.registry import MODELS
-from rcnn_det.structures import DetDataSample
+from rcnn_det.structures import DetDataSample, meta_pairs
 
 
 def parse_args() -> argparse.Namespace:
@@ -155,7 +155,6 @@ def onnxruntime_steps(cfg: Config, batch, args) -> dict[str, Callable[[], None]]
     import onnxruntime
 
     from rcnn_det.deployment import ExportableDetector, export_onnx
-    from rcnn_det.models.post_processing import meta_pairs
 
     model = build_model(cfg, torch.device('cpu')).eval()
     images, _, _ = batch

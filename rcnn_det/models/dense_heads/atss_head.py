@@ -16,9 +16,9 @@ from mmengine.structures import InstanceData
 from torch import Tensor
 
 from rcnn_det.registry import MODELS, TASK_UTILS
-from rcnn_det.structures import SampleList, unpack_gt_instances
+from rcnn_det.structures import SampleList, meta_pairs, unpack_gt_instances
 
-from ..post_processing import (Candidates, filter_scores_and_topk, meta_pairs, select_detections,
+from ..post_processing import (Candidates, filter_scores_and_topk, select_detections,
                                size_scales)
 from ..recipes import DenseDetectionRecipe, build_or_pass
 from ..task_modules.anchor_targets import AnchorTargets, AnchorTrainRecipe, anchor_targets

@@ -19,11 +19,11 @@ from torch import Tensor
 
 from rcnn_det.registry import MODELS, TASK_UTILS
 from rcnn_det.structures import (SampleList, bbox_cxcywh_to_xyxy, bbox_overlaps,
-                                 bbox_xyxy_to_cxcywh, clip_boxes)
+                                 bbox_xyxy_to_cxcywh, clip_boxes, meta_pairs)
 
 from ..layers.deformable_transformer import inverse_sigmoid
 from ..losses import QualityFocalLoss
-from ..post_processing import Candidates, meta_pairs, select_detections, topk_pairs
+from ..post_processing import Candidates, select_detections, topk_pairs
 from ..recipes import NMSConfig, RecipeReader, build_or_pass
 from ..utils import reduce_mean
 
@@ -49,7 +49,8 @@ def image_masks(batch_samples_metas: list[dict], feats: list[Tensor]) -> list[Te
 
 def image_factors(metas: list[dict], device: torch.device) -> Tensor:
     """(B, 4) = (w, h, w, h) of each image's ``img_shape``."""
-    return meta_pairs(metas, 'img_shape', device).flip(1).repeat(1, 2)
+    return torch.tensor([[m['img_shape'][1], m['img_shape'][0]] * 2 for m in metas],
+                        dtype=torch.float32, device=device)
 
 
 def per_layer(layer_losses: list[dict], name: str = '{}', weight: float = 1.0) -> dict:

@@ -13,9 +13,9 @@ from mmengine.structures import InstanceData
 from torch import Tensor
 
 from rcnn_det.registry import MODELS, TASK_UTILS
-from rcnn_det.structures import SampleList, unpack_gt_instances
+from rcnn_det.structures import SampleList, meta_pairs, unpack_gt_instances
 
-from ..post_processing import Candidates, at_most, meta_pairs, select_detections, size_scales
+from ..post_processing import Candidates, at_most, select_detections, size_scales
 from ..recipes import ProposalRecipe, build_or_pass
 from ..task_modules.anchor_targets import AnchorTrainRecipe, anchor_targets
 from .base_dense_head import BaseDenseHead

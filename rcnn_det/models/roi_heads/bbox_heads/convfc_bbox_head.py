@@ -15,8 +15,9 @@ from mmengine.structures import InstanceData
 from torch import Tensor
 
 from rcnn_det.registry import MODELS, TASK_UTILS
+from rcnn_det.structures import meta_pairs
 
-from ...post_processing import Candidates, meta_pairs, select_detections
+from ...post_processing import Candidates, select_detections
 from ...recipes import DetectionRecipe, build_or_pass
 from ...task_modules.samplers import SamplingResult
 
