@@ -113,7 +113,9 @@ def launched_by_torchrun(monkeypatch):
     """This process as a rank of tools/dist_train.sh, whose parent PID the test decides: the
     launcher's PID (the variable tools/dist_*.sh export) and torchrun's variables; SIGTERMs to
     this process are recorded instead of acted on."""
-    parent = dict(pid=os.getppid())
+    # A made-up PID: the real parent may be init itself (a test run whose shell has exited),
+    # which is what a dead launcher looks like.
+    parent = dict(pid=424242)
     monkeypatch.setattr(os, 'getppid', lambda: parent['pid'])
     monkeypatch.setenv('TORCHELASTIC_RUN_ID', 'none')
     monkeypatch.setenv(LAUNCHER_PID_ENV, str(parent['pid']))
