@@ -32,6 +32,7 @@ import torch
 from mmengine.structures import InstanceData
 from torch import Tensor, nn
 
+from rcnn_det.models.layers.ms_deform_attn import deform_attn_sampling
 from rcnn_det.models.post_processing import MaskPaste, rescale_boxes
 from rcnn_det.structures import DetDataSample
 
@@ -79,7 +80,7 @@ def sample_of(**metainfo) -> DetDataSample:
 
 def export_onnx(detector: nn.Module, file: str | os.PathLike, input_shape: tuple[int, int],
                 batch_size: int = 1, dynamic: bool = False, opset: int = DEFAULT_OPSET,
-                dataset_meta: dict | None = None) -> dict:
+                dataset_meta: dict | None = None, deform_attn: str = 'grid_sample') -> dict:
     """Write ``detector`` (in eval mode, on the CPU) to ``file``.
 
     Args:
@@ -87,6 +88,9 @@ def export_onnx(detector: nn.Module, file: str | os.PathLike, input_shape: tuple
         batch_size: images per run; fixed in the graph.
         dynamic: H and W of ``images`` (and so the number of detections) vary at run time.
         dataset_meta: ``classes`` (and ``palette``) saved in the file's metadata.
+        deform_attn: how multi-scale deformable attention samples in the graph: 'grid_sample'
+            (ONNX ``GridSample``) or 'gather' (``Gather`` of the four neighbours; for runtimes
+            whose ``GridSample`` is wrong or missing, such as some TensorRT versions).
     Returns the metadata written into the file (``rcnn_det`` key of its ``metadata_props``):
     dict(inputs, outputs, mask_paste, dataset_meta, batch_size).
     """
@@ -112,7 +116,7 @@ def export_onnx(detector: nn.Module, file: str | os.PathLike, input_shape: tuple
     dynamic_axes = {name: {0: 'num_detections'} for name in outputs}
     if dynamic:
         dynamic_axes['images'] = {2: 'height', 3: 'width'}
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), deform_attn_sampling(deform_attn), warnings.catch_warnings():
         # The tracer warns at every Python value it records as a constant; the graph's tests
         # (same predictions as PyTorch at other input sizes) are what tell.
         warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)
@@ -127,6 +131,7 @@ def export_onnx(detector: nn.Module, file: str | os.PathLike, input_shape: tuple
                           input_names=list(INPUT_NAMES), output_names=list(outputs),
                           dynamic_axes=dynamic_axes)
     metadata = dict(inputs=list(INPUT_NAMES), outputs=list(outputs), batch_size=batch_size,
+                    deform_attn=deform_attn,
                     mask_paste=None if mask_paste is None else vars(mask_paste),
                     dataset_meta=_jsonable(dataset_meta or {}))
     model = onnx.load(str(file))

@@ -106,6 +106,19 @@ def test_an_image_with_no_detections(family, tmp_path):
     assert ort['boxes'].shape == (0, 4)
 
 
+def test_deformable_attention_can_export_without_grid_sample(tmp_path):
+    """``deform_attn='gather'``: the bilinear sampling as Gather ops (for TensorRT versions
+    whose GridSample is wrong); same predictions."""
+    import onnx
+    model = build(DINO_DEMO_CONFIG)
+    file = tmp_path / 'dino_gather.onnx'
+    export_onnx(model, file, TRACED, dynamic=True, deform_attn='gather')
+    operators = {node.op_type for node in onnx.load(str(file)).graph.node}
+    assert 'GridSample' not in operators and 'GatherElements' in operators
+    eager, ort = both(model, file, graph_inputs(1, (160, 288), [(150, 288)]))
+    assert_same_detections(eager, ort)
+
+
 class SoftNMS(torch.nn.Module):
     def __init__(self, method: str) -> None:
         super().__init__()

@@ -36,6 +36,9 @@ def parse_args() -> argparse.Namespace:
                         help='images per run (fixed in the graph)')
     parser.add_argument('--opset', type=int, default=DEFAULT_OPSET,
                         help=f'ONNX opset (>= 16; default {DEFAULT_OPSET})')
+    parser.add_argument('--deform-attn', choices=['grid_sample', 'gather'], default='grid_sample',
+                        help="DETR-style models: sample with ONNX GridSample, or with Gather "
+                             "(for TensorRT versions whose GridSample is wrong)")
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, e.g. model.test_cfg.rcnn.score_thr=0.1')
     args = parser.parse_args()
@@ -75,7 +78,8 @@ def main() -> None:
           f'{args.opset} ...')
     start = time.perf_counter()
     meta = export_onnx(model, args.out, shape, batch_size=args.batch_size,
-                       dynamic=args.dynamic, opset=args.opset, dataset_meta=model.dataset_meta)
+                       dynamic=args.dynamic, opset=args.opset, dataset_meta=model.dataset_meta,
+                       deform_attn=args.deform_attn)
     print(f'wrote {args.out} ({osp.getsize(args.out) / 2**20:.1f} MiB) in '
           f'{time.perf_counter() - start:.1f} s: inputs {", ".join(meta["inputs"])}; outputs '
           f'{", ".join(meta["outputs"])}')

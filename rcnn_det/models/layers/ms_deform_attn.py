@@ -12,6 +12,7 @@ the PyTorch function below computes the same thing.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import math
@@ -79,6 +80,65 @@ def multi_scale_deformable_attn_pytorch(value: Tensor, spatial_shapes: Tensor,
         summed = (sampled * weights[level]).sum(-1)                        # (B*M, D, Q)
         output = summed if output is None else output + summed
     return output.view(B, M * D, Q).transpose(1, 2).contiguous()           # (B, Q, M*D)
+
+
+def multi_scale_deformable_attn_gather(value: Tensor, spatial_shapes: Tensor,
+                                       sampling_locations: Tensor,
+                                       attention_weights: Tensor) -> Tensor:
+    """``multi_scale_deformable_attn_pytorch``'s result, with the bilinear sampling written as
+    four gathers from the flattened value tensor per level instead of ``grid_sample``.
+
+    Same arguments and output. Each sample at pixel coordinates (x, y) = (loc_x * W_l - 0.5,
+    loc_y * H_l - 0.5) reads its four neighbouring pixels, weighted by the bilinear weights
+    and zero outside the map, as ``grid_sample(align_corners=False, padding_mode='zeros')``.
+    An exported graph then holds ``Gather`` instead of ``GridSample`` (which some TensorRT
+    versions get wrong: ``export_onnx(..., deform_attn='gather')``).
+    """
+    B, N_v, M, D = value.shape
+    _, Q, _, L, P, _ = sampling_locations.shape
+    shapes = _level_shapes(spatial_shapes)
+    flat = value.permute(0, 2, 1, 3).reshape(B * M, N_v, D)               # (B*M, N_v, D)
+    locations = sampling_locations.permute(0, 2, 1, 3, 4, 5).reshape(B * M, Q, L, P, 2)
+    weights = attention_weights.permute(0, 2, 1, 3, 4).reshape(B * M, Q, L, P).to(value.dtype)
+    output = value.new_zeros(B * M, Q, D)
+    start = 0
+    for level, (h, w) in enumerate(shapes):
+        x = locations[:, :, level, :, 0].to(value.dtype) * w - 0.5         # (B*M, Q, P)
+        y = locations[:, :, level, :, 1].to(value.dtype) * h - 0.5
+        x0, y0 = x.floor(), y.floor()
+        fx, fy = x - x0, y - y0
+        for dx, dy, bilinear in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)),
+                                 (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+            xi, yi = x0 + dx, y0 + dy
+            inside = (xi >= 0) & (xi <= w - 1) & (yi >= 0) & (yi <= h - 1)
+            # clamp(min=...) then clamp(max=...): h and w are tensors while exporting
+            index = (start + yi.clamp(min=0).clamp(max=h - 1) * w
+                     + xi.clamp(min=0).clamp(max=w - 1)).long()
+            picked = flat.gather(1, index.reshape(B * M, Q * P, 1).expand(-1, -1, D))
+            coef = torch.where(inside, bilinear * weights[:, :, level], 0)   # (B*M, Q, P)
+            output = output + (picked.view(B * M, Q, P, D) * coef[..., None]).sum(2)
+        start = start + h * w
+    return output.view(B, M, Q, D).permute(0, 2, 1, 3).reshape(B, Q, M * D)
+
+
+SAMPLING_PATHS = {'grid_sample': multi_scale_deformable_attn_pytorch,
+                  'gather': multi_scale_deformable_attn_gather}
+_sampling_path = ['grid_sample']   # the path the module runs off the GPU kernel
+
+
+@contextlib.contextmanager
+def deform_attn_sampling(path: str):
+    """Within the block, ``MultiScaleDeformableAttention`` samples with ``path`` ('grid_sample'
+    or 'gather', see ``SAMPLING_PATHS``) where it would use the PyTorch function."""
+    if path not in SAMPLING_PATHS:
+        raise ValueError(f'deform_attn_sampling: path must be one of {sorted(SAMPLING_PATHS)}, '
+                         f'got {path!r}')
+    previous = _sampling_path[0]
+    _sampling_path[0] = path
+    try:
+        yield
+    finally:
+        _sampling_path[0] = previous
 
 
 @functools.lru_cache(maxsize=None)
@@ -214,7 +274,7 @@ class MultiScaleDeformableAttention(BaseModule):
             output = function.apply(value, spatial_shapes, level_start_index, locations, weights,
                                     self.im2col_step)
         else:
-            output = multi_scale_deformable_attn_pytorch(value, spatial_shapes, locations, weights)
+            output = SAMPLING_PATHS[_sampling_path[0]](value, spatial_shapes, locations, weights)
         output = self.output_proj(output)                                  # (B, Q, embed_dims)
         if not self.batch_first:
             output = output.transpose(0, 1)                                # (Q, B, embed_dims)

@@ -11,6 +11,8 @@ import torch
 
 from rcnn_det.models.layers import (MultiScaleDeformableAttention, ms_deform_attn,
                                     multi_scale_deformable_attn_pytorch)
+from rcnn_det.models.layers.ms_deform_attn import (deform_attn_sampling,
+                                                   multi_scale_deformable_attn_gather)
 from rcnn_det.registry import MODELS
 
 SHAPES = [(5, 7), (3, 4), (1, 2)]  # (H_l, W_l)
@@ -67,23 +69,28 @@ def random_inputs(B=2, Q=5, M=2, D=3, P=2, dtype=torch.float64, seed=0):
     return value, torch.tensor(SHAPES), locations, weights
 
 
-def test_function_matches_loop_reference_values():
+# grid_sample per level, and four gathers per level (the graph TensorRT gets from export_onnx)
+FUNCTIONS = [multi_scale_deformable_attn_pytorch, multi_scale_deformable_attn_gather]
+
+
+@pytest.mark.parametrize('function', FUNCTIONS)
+def test_function_matches_loop_reference_values(function):
     value, shapes, locations, weights = random_inputs(dtype=torch.float32)
-    out = multi_scale_deformable_attn_pytorch(value, shapes, locations, weights)
+    out = function(value, shapes, locations, weights)
     assert out.shape == (2, 5, 2 * 3)
     torch.testing.assert_close(out, loop_reference(value, SHAPES, locations, weights),
                                atol=1e-5, rtol=0)
     # A list of (H, W) pairs is accepted like the (L, 2) tensor.
-    torch.testing.assert_close(multi_scale_deformable_attn_pytorch(value, SHAPES, locations,
-                                                                   weights), out)
+    torch.testing.assert_close(function(value, SHAPES, locations, weights), out)
 
 
-def test_function_matches_loop_reference_gradients():
+@pytest.mark.parametrize('function', FUNCTIONS)
+def test_function_matches_loop_reference_gradients(function):
     inputs = random_inputs(seed=1)
     value, shapes, locations, weights = inputs
     grad_out = torch.randn(2, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     grads = []
-    for fn, shp in ((multi_scale_deformable_attn_pytorch, shapes), (loop_reference, SHAPES)):
+    for fn, shp in ((function, shapes), (loop_reference, SHAPES)):
         leaves = [t.clone().requires_grad_() for t in (value, locations, weights)]
         out = fn(leaves[0], shp, leaves[1], leaves[2])
         grads.append(torch.autograd.grad((out * grad_out).sum(), leaves))
@@ -307,3 +314,26 @@ def test_cuda_matches_cpu():
     out_cuda = module.cuda()(query.cuda(), value=value.cuda(),
                              **{k: v.cuda() for k, v in kw.items()})
     torch.testing.assert_close(out_cuda.cpu(), out, atol=1e-5, rtol=1e-5)
+
+
+def test_the_module_samples_with_the_path_asked_for(monkeypatch):
+    torch.manual_seed(0)
+    attn = MultiScaleDeformableAttention(embed_dims=16, num_heads=2, num_levels=3, num_points=2,
+                                         batch_first=True).eval()
+    query = torch.randn(1, 6, 16)
+    value = torch.randn(1, NUM_VALUES, 16)
+    reference = torch.rand(1, 6, 3, 2)
+    called = []
+    monkeypatch.setitem(ms_deform_attn.SAMPLING_PATHS, 'gather',
+                        lambda *args: called.append(1) or multi_scale_deformable_attn_gather(*args))
+    with torch.no_grad():
+        default = attn(query, value=value, reference_points=reference,
+                       spatial_shapes=torch.tensor(SHAPES))
+        with deform_attn_sampling('gather'):
+            gathered = attn(query, value=value, reference_points=reference,
+                            spatial_shapes=torch.tensor(SHAPES))
+    assert called == [1]
+    torch.testing.assert_close(gathered, default, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="path must be one of"):
+        with deform_attn_sampling('cuda_kernel'):
+            pass
