@@ -1,4 +1,5 @@
-"""``CocoMetric``: COCO box / mask / proposal evaluation with pycocotools, mmdetection's names.
+"""``CocoMetric``: COCO box / mask / proposal evaluation, mmdetection's names; pycocotools'
+numbers computed by hotcoco (or pycocotools itself, ``backend='pycocotools'``).
 
 Shape letters: D detections of one image, C classes of the dataset, H x W the original image.
 
@@ -30,14 +31,14 @@ from mmengine.fileio import dump, get_local_path
 from mmengine.logging import print_log
 from mmengine.structures import BaseDataElement
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
+from rcnn_det.cocoeval import DEFAULT_BACKEND, check_backend, evaluate
 from rcnn_det.datasets.coco import select_categories
 from rcnn_det.registry import METRICS
 
-# Index of each named number in COCOeval.stats, with mmdet's names. AP and the AR_s/m/l use
-# maxDets = proposal_nums[2] (1000 by default): pycocotools reads params.maxDets[2], and mmdet
-# sets maxDets = proposal_nums, so its published numbers are AP@1000 dets. Kept for parity.
+# Index of each named number in COCOeval.stats, with mmdet's names. mmdet sets maxDets =
+# proposal_nums (100, 300, 1000); pycocotools then computes mAP at maxDets=100 (a literal in
+# its summarize) and mAP_50 ... mAP_l and the AR_s/m/l at maxDets[2] = 1000. Kept for parity.
 COCO_STAT_INDEX = {
     'mAP': 0, 'mAP_50': 1, 'mAP_75': 2, 'mAP_s': 3, 'mAP_m': 4, 'mAP_l': 5,
     'AR@100': 6, 'AR@300': 7, 'AR@1000': 8, 'AR_s@1000': 9, 'AR_m@1000': 10, 'AR_l@1000': 11,
@@ -137,12 +138,6 @@ def gt_to_coco_dataset(gts: Sequence[dict], classes: Sequence[str]) -> dict:
     return dict(images=images, annotations=annotations, categories=categories)
 
 
-def load_results(coco_gt: COCO, anns: list[dict]) -> COCO:
-    """pycocotools' loadRes without its prints; ``anns`` must not be empty (IndexError)."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        return coco_gt.loadRes(anns)
-
-
 def class_ap_table(precisions: np.ndarray, iou_thrs: np.ndarray,
                    names: Sequence[str]) -> list[tuple[str, list[float]]]:
     """Per-class [mAP, mAP_50, mAP_75, mAP_s, mAP_m, mAP_l] at the largest maxDets.
@@ -167,7 +162,7 @@ def class_ap_table(precisions: np.ndarray, iou_thrs: np.ndarray,
 
 @METRICS.register_module()
 class CocoMetric(BaseMetric):
-    """COCO mAP of the model's ``pred_instances`` with pycocotools' COCOeval.
+    """COCO mAP of the model's ``pred_instances`` (pycocotools' COCOeval numbers).
 
     Args (mmdetection 3.x's):
         ann_file: COCO gt json. None: built from each sample's raw ``instances`` (the dataset
@@ -183,6 +178,8 @@ class CocoMetric(BaseMetric):
         backend_args: mmengine file backend arguments used to read ``ann_file``.
         collect_device, prefix: mmengine's BaseMetric arguments; default prefix 'coco'.
         sort_categories: sort the gt json's categories by id (mmdet's Objects365 fix).
+        backend: 'hotcoco' (default; the same numbers as pycocotools, many times faster) or
+            'pycocotools' (``rcnn_det.cocoeval``).
     """
     default_prefix: str | None = 'coco'
 
@@ -192,8 +189,10 @@ class CocoMetric(BaseMetric):
                  metric_items: Sequence[str] | None = None, format_only: bool = False,
                  outfile_prefix: str | None = None, backend_args: dict | None = None,
                  collect_device: str = 'cpu', prefix: str | None = None,
-                 sort_categories: bool = False) -> None:
+                 sort_categories: bool = False, backend: str = DEFAULT_BACKEND) -> None:
         super().__init__(collect_device=collect_device, prefix=prefix)
+        check_backend(backend, 'CocoMetric')
+        self.backend = backend
         self.metrics = list(metric) if isinstance(metric, (list, tuple)) else [metric]
         for name in self.metrics:
             if name not in ALLOWED_METRICS:
@@ -317,19 +316,9 @@ class CocoMetric(BaseMetric):
             # With a 'bbox' in the results, loadRes takes the box area as the instance area,
             # which moves detections between small/medium/large. mmdet drops it too.
             anns = [{k: v for k, v in ann.items() if k != 'bbox'} for ann in anns]
-        coco_eval = COCOeval(coco_gt, load_results(coco_gt, anns), iou_type)
-        coco_eval.params.catIds = cat_ids
-        coco_eval.params.imgIds = img_ids
-        coco_eval.params.maxDets = list(self.proposal_nums)
-        coco_eval.params.iouThrs = self.iou_thrs
-        coco_eval.params.useCats = int(metric != 'proposal')
-        summary = io.StringIO()
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco_eval.evaluate()
-            coco_eval.accumulate()
-        with contextlib.redirect_stdout(summary):
-            coco_eval.summarize()
-        print_log('\n' + summary.getvalue().rstrip(), logger='current')
+        coco_eval = evaluate(coco_gt, anns, iou_type, self.backend, cat_ids, img_ids,
+                             self.proposal_nums, self.iou_thrs, use_cats=metric != 'proposal')
+        print_log('\n' + coco_eval.summary, logger='current')
 
         items = self.metric_items or (AR_ITEMS if metric == 'proposal' else AP_ITEMS)
         key_prefix = '' if metric == 'proposal' else f'{metric}_'
@@ -341,7 +330,7 @@ class CocoMetric(BaseMetric):
                       logger='current')
         if self.classwise and metric != 'proposal':
             names = [coco_gt.cats[cat_id]['name'] for cat_id in cat_ids]
-            rows = class_ap_table(coco_eval.eval['precision'], self.iou_thrs, names)
+            rows = class_ap_table(coco_eval.precision, self.iou_thrs, names)
             header = f'{"category":<20}' + ''.join(f'{h:>9}' for h in AP_ITEMS)
             lines = [f'{name[:20]:<20}' + ''.join(f'{v:>9.3f}' for v in values)
                      for name, values in rows]
