@@ -4,6 +4,7 @@ from .deformable_transformer import (DeformableDetrTransformer, DeformableDetrTr
                                      proposal_pos_embed, valid_ratios)
 from .denoising import (CdnQueryGenerator, DenoisingQueries, build_dn_generator, dn_attn_mask,
                         noisy_dn_boxes, noisy_dn_labels)
+from .ema import ExpMomentumEMA
 from .dino_transformer import (DeformableDetrTransformerEncoder, DinoTransformerDecoder,
                                coordinate_sine_embed, select_topk_proposals)
 from .ms_deform_attn import MultiScaleDeformableAttention, multi_scale_deformable_attn_pytorch
@@ -16,7 +17,7 @@ __all__ = ['FFN', 'BaseTransformerLayer', 'CdnQueryGenerator', 'CoDeformableDetr
            'CoDinoTransformer',
            'DeformableDetrTransformer',
            'DeformableDetrTransformerDecoder', 'DeformableDetrTransformerEncoder',
-           'DenoisingQueries', 'DinoTransformerDecoder', 'DetrTransformerDecoderLayer',
+           'DenoisingQueries', 'DinoTransformerDecoder', 'ExpMomentumEMA', 'DetrTransformerDecoderLayer',
            'DetrTransformerEncoder',
            'MultiScaleDeformableAttention', 'MultiheadAttention', 'RoIAlign', 'RoIPool',
            'SinePositionalEncoding', 'build_dn_generator', 'coordinate_sine_embed', 'dn_attn_mask',
