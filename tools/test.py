@@ -1,17 +1,20 @@
 """Evaluate a checkpoint: ``python tools/test.py CONFIG CHECKPOINT [options]``."""
 import argparse
+import copy
 import os
 import os.path as osp
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.registry import RUNNERS
 
 # main() calls register_checkpoint_safe_globals() before any checkpoint is loaded: mmengine's
 # then load with weights_only=True (rcnn_det/engine/checkpoint.py), as the Runner's load_from
 # needs.
+from rcnn_det.datasets.transforms.formatting import DEFAULT_META_KEYS
 from rcnn_det.engine import (DetRunner, destroy_distributed, follow_launcher,
                              init_cpu_distributed, load_tool_config,
                              register_checkpoint_safe_globals)
+from rcnn_det.models.test_time_augs.det_tta import DEFAULT_TTA_CFG
 
 
 def parse_args() -> argparse.Namespace:
@@ -25,6 +28,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--show-dir',
                         help='directory (inside the work dir) where painted images are saved')
     parser.add_argument('--wait-time', type=float, default=2, help='seconds between --show images')
+    parser.add_argument('--tta', action='store_true',
+                        help="test-time augmentation: the config's tta_model and tta_pipeline "
+                             '(defaults: a horizontal flip, boxes merged by NMS)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, e.g. test_evaluator.classwise=True')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
@@ -49,6 +55,32 @@ def trigger_visualization_hook(cfg: Config, args: argparse.Namespace) -> None:
         hook['test_out_dir'] = args.show_dir
 
 
+def use_tta(cfg: Config) -> None:
+    """mmdetection's ``--tta``: the model inside ``tta_model`` (default ``DetTTAModel``,
+    NMS 0.5, 100 per image) and the test dataset's pipeline replaced by ``tta_pipeline``
+    (default: the test pipeline with its packing step in a ``TestTimeAug`` of a horizontal
+    flip and no flip)."""
+    dataset = cfg.test_dataloader.dataset
+    while 'pipeline' not in dataset and 'dataset' in dataset:   # under dataset wrappers
+        dataset = dataset.dataset
+    if 'tta_model' not in cfg:
+        print('tools/test.py: the config has no tta_model; using '
+              f'DetTTAModel(tta_cfg={DEFAULT_TTA_CFG})')
+        cfg.tta_model = dict(type='DetTTAModel', tta_cfg=DEFAULT_TTA_CFG)
+    if 'tta_pipeline' not in cfg:
+        print('tools/test.py: the config has no tta_pipeline; using the test pipeline with '
+              'and without a horizontal flip')
+        pipeline = copy.deepcopy(dataset.pipeline)
+        pack = dict(pipeline[-1])
+        pack['meta_keys'] = tuple(dict.fromkeys(
+            (*pack.get('meta_keys', DEFAULT_META_KEYS), 'flip', 'flip_direction')))
+        pipeline[-1] = dict(type='TestTimeAug', transforms=[
+            [dict(type='RandomFlip', prob=1.0), dict(type='RandomFlip', prob=0.0)], [pack]])
+        cfg.tta_pipeline = pipeline
+    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+    dataset.pipeline = cfg.tta_pipeline
+
+
 def main() -> None:
     watch = follow_launcher()   # a rank of tools/dist_*.sh ends when its launcher dies
     register_checkpoint_safe_globals()
@@ -58,6 +90,8 @@ def main() -> None:
     cfg = load_tool_config(args.config, args.cfg_options, args.launcher, args.work_dir,
                            training=False)
     cfg.load_from = args.checkpoint
+    if args.tta:
+        use_tta(cfg)
     if args.show or args.show_dir:
         trigger_visualization_hook(cfg, args)
     if args.out is not None:

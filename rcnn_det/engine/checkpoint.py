@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from mmengine.fileio import get_local_path
 from mmengine.logging import HistoryBuffer
-from mmengine.model import is_model_wrapper
+from mmengine.model import BaseTTAModel, is_model_wrapper
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -255,7 +255,9 @@ def load_state_dict_strict(model: nn.Module, checkpoint: Mapping,
           {n} other error(s) (torch's words):
             {torch's message}
     """
-    module = model.module if is_model_wrapper(model) else model
+    # a DDP wrapper or a test-time augmentation model: the detector inside
+    module = (model.module if is_model_wrapper(model) or isinstance(model, BaseTTAModel)
+              else model)
     state_dict = checkpoint['state_dict'] if 'state_dict' in checkpoint else checkpoint
     state_dict = _strip_ddp_prefix(state_dict)
     missing, unexpected, shapes, others = _dry_run(module, state_dict)
