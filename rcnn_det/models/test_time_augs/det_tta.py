@@ -10,9 +10,9 @@ Boxes only: mmdetection does not merge masks either.
 from __future__ import annotations
 
 import torch
-from torch import nn
 from mmengine.model import BaseTTAModel
 from mmengine.structures import InstanceData
+from torch import nn
 
 from rcnn_det.registry import MODELS
 from rcnn_det.structures import DetDataSample, bbox_flip
