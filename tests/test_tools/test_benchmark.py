@@ -14,11 +14,12 @@ def test_benchmark_compares_with_torchvision(tmp_path):
                      '--iters', '1', '--warmup', '0', '--device', 'cpu',
                      '--compare', 'torchvision'], cwd=tmp_path)
     out = proc.stdout
-    rows = {m.group(1): (float(m.group(2)), float(m.group(4)))
-            for m in re.finditer(r'^(rcnn_det|torchvision)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$',
-                                 out, flags=re.M)}
+    rows = {m.group(1): tuple(float(m.group(i)) for i in (2, 4, 5, 6))
+            for m in re.finditer(r'^(rcnn_det|torchvision)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)'
+                                 r'\s+([\d.]+)\s+([\d.]+)$', out, flags=re.M)}
     assert set(rows) == {'rcnn_det', 'torchvision'}, out
-    assert all(v > 0 for pair in rows.values() for v in pair)
+    # train it/s, infer img/s, and the GFLOP/s achieved in training and inference
+    assert all(v > 0 for row in rows.values() for v in row)
     ratio = re.search(r'^ratio\s+([\d.]+)x\s+([\d.]+)x', out, flags=re.M)
     assert ratio, out
     # The printed ratio is the quotient of the printed speeds (rounding aside).
@@ -33,8 +34,11 @@ def test_benchmark_runs_one_stage_mask_and_co_detr_configs(tmp_path, config):
     proc = run_tool([PYTHON, str(REPO_ROOT / 'tools/analysis_tools/benchmark.py'),
                      str(REPO_ROOT / config), '--batch-size', '1', '--shape', '128', '160',
                      '--iters', '1', '--warmup', '0', '--device', 'cpu'], cwd=tmp_path)
-    row = re.search(r'^rcnn_det\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$', proc.stdout, flags=re.M)
-    assert row and float(row.group(1)) > 0 and float(row.group(3)) > 0, proc.stdout
+    row = re.search(r'^rcnn_det\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$',
+                    proc.stdout, flags=re.M)
+    assert row, proc.stdout
+    # it/s, img/s and the GFLOP/s achieved in training and inference
+    assert all(float(row.group(i)) > 0 for i in (1, 3, 4, 5)), proc.stdout
     memory = re.search(r'^peak memory: (\d+) MB \(resident set of the process\)$', proc.stdout,
                        flags=re.M)
     assert memory and int(memory.group(1)) > 100, proc.stdout

@@ -110,8 +110,9 @@ def build_model(cfg: Config, device: torch.device) -> torch.nn.Module:
     return model
 
 
-def rcnn_det_steps(cfg: Config, batch, args, device) -> tuple[Callable, Callable]:
-    """(train step, inference step) of the config's model on ``batch``."""
+def rcnn_det_steps(cfg: Config, batch, args, device
+                   ) -> tuple[Callable, Callable, torch.nn.Module]:
+    """(train step, inference step, the model) of the config's model on ``batch``."""
     model = build_model(cfg, device)
     images, boxes, labels = batch
     h, w = args.shape
@@ -144,7 +145,7 @@ def rcnn_det_steps(cfg: Config, batch, args, device) -> tuple[Callable, Callable
         data = model.data_preprocessor(dict(inputs=list(images), data_samples=samples()), False)
         model(**data, mode='predict')
 
-    return train_step, infer_step
+    return train_step, infer_step, model
 
 
 def onnxruntime_steps(cfg: Config, batch, args) -> dict[str, Callable[[], None]]:
@@ -182,8 +183,9 @@ def onnxruntime_steps(cfg: Config, batch, args) -> dict[str, Callable[[], None]]
     return {'rcnn_det': pytorch_step, 'onnxruntime': lambda: session.run(None, feed)}
 
 
-def torchvision_steps(batch, args, device, num_classes: int) -> tuple[Callable, Callable]:
-    """(train step, inference step) of torchvision's Faster R-CNN R50-FPN on ``batch``."""
+def torchvision_steps(batch, args, device, num_classes: int
+                      ) -> tuple[Callable, Callable, torch.nn.Module]:
+    """(train step, inference step, the model) of torchvision's Faster R-CNN R50-FPN on ``batch``."""
     from torchvision.models import resnet50
     from torchvision.models.detection import FasterRCNN
     from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
@@ -212,7 +214,7 @@ def torchvision_steps(batch, args, device, num_classes: int) -> tuple[Callable, 
         model.eval()
         model(images)
 
-    return train_step, infer_step
+    return train_step, infer_step, model
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -261,12 +263,20 @@ def main() -> None:
     infer = median_step_times({k: v[1] for k, v in steps.items()}, args.iters, args.warmup,
                               device)
     rows = [(name, train[name], infer[name]) for name in steps]
+    flops = {name: (step_flops(train_fn, model, False), step_flops(infer_fn, model, True))
+             for name, (train_fn, infer_fn, model) in steps.items()}
     print(f'\n{args.config} on {device} ({torch.get_num_threads()} CPU threads), batch '
           f'{args.batch_size}, input {args.shape[0]}x{args.shape[1]}, median of {args.iters} '
           f'timed iterations after {args.warmup}')
-    print(f'{"":12s} {"train it/s":>11s} {"train s/it":>11s} {"infer img/s":>12s}')
+    print(f'{"":12s} {"train it/s":>11s} {"train s/it":>11s} {"infer img/s":>12s} '
+          f'{"train GFLOP/s":>14s} {"infer GFLOP/s":>14s}')
     for name, train_s, infer_s in rows:
-        print(f'{name:12s} {1 / train_s:11.3f} {train_s:11.3f} {args.batch_size / infer_s:12.3f}')
+        train_flops, infer_flops = flops[name]
+        print(f'{name:12s} {1 / train_s:11.3f} {train_s:11.3f} {args.batch_size / infer_s:12.3f} '
+              f'{train_flops / train_s / 1e9:14.2f} {infer_flops / infer_s / 1e9:14.2f}')
+    print('GFLOP/s: the FLOPs torch.utils.flop_counter counts in one step (a multiply-add is '
+          '2; forward and backward for training; ops without a formula, such as NMS, RoIAlign '
+          'and grid_sample, uncounted) over its median time')
     print(f'peak memory: {peak_memory_mb(device):.0f} MB '
           f'({"allocated on the GPU" if device.type == "cuda" else "resident set of the process"}'
           f'{", both models" if len(rows) == 2 else ""})')
@@ -274,6 +284,25 @@ def main() -> None:
         (_, t_ours, i_ours), (_, t_tv, i_tv) = rows
         print(f'{"ratio":12s} {t_tv / t_ours:11.2f}x {"":11s} {i_tv / i_ours:11.2f}x   '
               '(rcnn_det speed / torchvision speed; > 1 means rcnn_det is faster)')
+
+
+def step_flops(step: Callable[[], None], model: torch.nn.Module, inference: bool) -> int:
+    """The FLOPs PyTorch's counter counts in one call of ``step`` of ``model`` (forward, and
+    backward for a training step)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    # The counter's module tracker fails under no_grad on a parameter passed to a submodule
+    # (DINO's query embedding): nothing requires grad while an inference step is counted.
+    frozen = [p for p in model.parameters() if p.requires_grad] if inference else []
+    try:
+        for p in frozen:
+            p.requires_grad_(False)
+        with FlopCounterMode(display=False) as counter:
+            step()
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return counter.get_total_flops()
 
 
 def compare_inference(args, steps: dict[str, Callable[[], None]]) -> None:
