@@ -6,8 +6,9 @@ from .dataset_wrappers import (ClassBalancedDataset, ConcatDataset, MultiImageMi
                                RepeatDataset)
 from .samplers import AspectRatioBatchSampler
 from .shapes import SHAPE_CLASSES, ShapesDataset, generate_shapes_dataset, shapes_dataset_ready
+from .voc import VOCDataset
 
 __all__ = ['AspectRatioBatchSampler', 'ClassBalancedDataset', 'CocoDataset', 'ConcatDataset',
            'MultiImageMixDataset', 'RepeatDataset', 'SHAPE_CLASSES', 'ShapesDataset',
            'distinct_palette', 'generate_shapes_dataset', 'read_coco_json',
-           'shapes_dataset_ready']
+           'shapes_dataset_ready', 'VOCDataset']

@@ -1,5 +1,5 @@
 """Evaluation: every module here that registers a metric is imported, so that the registry's
 ``locations`` (``rcnn_det.evaluation``) find them without a manual import."""
-from .metrics import CocoMetric, DumpDetResults
+from .metrics import CocoMetric, DumpDetResults, VOCMetric
 
-__all__ = ['CocoMetric', 'DumpDetResults']
+__all__ = ['CocoMetric', 'DumpDetResults', 'VOCMetric']
