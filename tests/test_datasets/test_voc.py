@@ -119,3 +119,31 @@ def test_pipeline_to_voc_metric(voc_root):
     metric.dataset_meta = dataset.metainfo
     metric.process({}, [sample.to_dict()])
     assert metric.evaluate(1) == {'pascal_voc/mAP': 1.0, 'pascal_voc/AP50': 1.0}
+
+
+def test_the_voc0712_config_builds_its_training_set(tmp_path):
+    """configs/_base_/datasets/voc0712.py: VOC2007 + VOC2012 trainval, concatenated (their
+    metainfo differs in dataset_type only) and repeated 3 times."""
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+
+    from conftest import REPO_ROOT
+    for year, ids in (('VOC2007', ['000001', '000002']), ('VOC2012', ['2008_000001'])):
+        voc = tmp_path / year
+        for sub in ('Annotations', 'JPEGImages', 'ImageSets/Main'):
+            (voc / sub).mkdir(parents=True, exist_ok=True)
+        for img_id in ids:
+            (voc / 'Annotations' / f'{img_id}.xml').write_text(
+                f'<annotation>{SIZE}{obj("dog", (48, 40, 195, 171))}</annotation>')
+            cv2.imwrite(str(voc / 'JPEGImages' / f'{img_id}.jpg'),
+                        np.zeros((375, 500, 3), np.uint8))
+        (voc / 'ImageSets/Main/trainval.txt').write_text('\n'.join(ids) + '\n')
+    cfg = Config.fromfile(str(REPO_ROOT / 'configs/pascal_voc/faster_rcnn_r50_fpn_1x_voc0712.py'))
+    dataset_cfg = cfg.train_dataloader.dataset
+    for part in dataset_cfg.dataset.datasets:
+        part.data_root = f'{tmp_path}/'
+    with DefaultScope.overwrite_default_scope('rcnn_det'):
+        dataset = DATASETS.build(dataset_cfg)
+    assert len(dataset) == 3 * 3
+    assert dataset[8]['data_samples'].metainfo['img_path'].endswith('2008_000001.jpg')
+    assert cfg.model.roi_head.bbox_head.num_classes == len(dataset.metainfo['classes']) == 20
