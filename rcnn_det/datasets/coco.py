@@ -19,14 +19,14 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
-from mmengine.dataset import BaseDataset
 from mmengine.fileio import get_local_path
 from mmengine.logging import print_log
 from mmengine.registry import DefaultScope
 from pycocotools.coco import COCO
 
-from rcnn_det.datasets.samplers.sampler import seeded_rng
 from rcnn_det.registry import DATASETS
+
+from .base_det_dataset import BaseDetDataset
 
 REQUIRED_TOP_KEYS = ('images', 'annotations', 'categories')
 REQUIRED_IMAGE_KEYS = ('id', 'file_name', 'width', 'height')
@@ -154,7 +154,7 @@ def invalid_box_reason(ann: dict, img: dict) -> str | None:
 
 
 @DATASETS.register_module()
-class CocoDataset(BaseDataset):
+class CocoDataset(BaseDetDataset):
     """A COCO-format detection / instance-segmentation dataset (mmdetection 3.x arguments).
 
     Args:
@@ -323,16 +323,3 @@ class CocoDataset(BaseDataset):
                 f'below it), {no_ann} by filter_empty_gt ({why_no_ann})')
         return kept
 
-    def __getitem__(self, idx: int) -> dict:
-        """mmengine's ``__getitem__``; an index from rcnn_det's samplers (``SampleIndex``) runs
-        the pipeline with its own seed, so the sample's random augmentations do not depend on
-        the data-loader worker or on what was loaded before (exact resume)."""
-        seed = getattr(idx, 'seed', None)
-        if seed is None:
-            return super().__getitem__(idx)
-        with seeded_rng(seed):
-            return super().__getitem__(int(idx))
-
-    def get_cat_ids(self, idx: int) -> list[int]:
-        """Labels (0..C-1, mmdet 3.x's meaning of "cat ids") of the instances of image ``idx``."""
-        return [inst['bbox_label'] for inst in self.get_data_info(idx)['instances']]

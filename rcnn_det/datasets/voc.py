@@ -20,13 +20,13 @@ from collections.abc import Mapping, Sequence
 from typing import Callable
 
 import mmcv
-from mmengine.dataset import BaseDataset
 from mmengine.fileio import get, get_local_path, list_from_file
 from mmengine.registry import DefaultScope
 
 from rcnn_det.datasets.coco import distinct_palette
-from rcnn_det.datasets.samplers.sampler import seeded_rng
 from rcnn_det.registry import DATASETS
+
+from .base_det_dataset import BaseDetDataset
 
 VOC_CLASSES = ('aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair',
                'cow', 'diningtable', 'dog', 'horse', 'motorbike', 'person', 'pottedplant',
@@ -61,7 +61,7 @@ def read_xml(xml_path: str, backend_args: dict | None) -> ET.Element:
 
 
 @DATASETS.register_module()
-class VOCDataset(BaseDataset):
+class VOCDataset(BaseDetDataset):
     """Pascal VOC detection (mmdetection 3.x's ``VOCDataset`` / ``XMLDataset`` arguments).
 
     Args:
@@ -210,15 +210,3 @@ class VOCDataset(BaseDataset):
                              f'{self.filter_cfg} removed all {len(self.data_list)} images')
         return kept
 
-    def __getitem__(self, idx: int) -> dict:
-        """As ``CocoDataset.__getitem__``: an index carrying a ``seed`` (rcnn_det's samplers)
-        runs the pipeline with that seed."""
-        seed = getattr(idx, 'seed', None)
-        if seed is None:
-            return super().__getitem__(idx)
-        with seeded_rng(seed):
-            return super().__getitem__(int(idx))
-
-    def get_cat_ids(self, idx: int) -> list[int]:
-        """Labels (0..C-1, mmdet 3.x's meaning of "cat ids") of the instances of image ``idx``."""
-        return [inst['bbox_label'] for inst in self.get_data_info(idx)['instances']]
