@@ -10,6 +10,7 @@ thresholds (101), K categories, A area ranges (all, small, medium, large), M max
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import warnings
 from dataclasses import dataclass
@@ -18,7 +19,8 @@ from typing import Sequence
 import numpy as np
 
 EVAL_BACKENDS = ('hotcoco', 'pycocotools')
-DEFAULT_BACKEND = 'hotcoco'
+# hotcoco ships wheels for Python >= 3.10 only: on 3.9 pycocotools computes the same numbers
+DEFAULT_BACKEND = 'hotcoco' if importlib.util.find_spec('hotcoco') else 'pycocotools'
 DEFAULT_IOU_THRS = np.linspace(.5, 0.95, int(np.round((0.95 - .5) / .05)) + 1, endpoint=True)
 
 

@@ -178,8 +178,9 @@ class CocoMetric(BaseMetric):
         backend_args: mmengine file backend arguments used to read ``ann_file``.
         collect_device, prefix: mmengine's BaseMetric arguments; default prefix 'coco'.
         sort_categories: sort the gt json's categories by id (mmdet's Objects365 fix).
-        backend: 'hotcoco' (default; the same numbers as pycocotools, many times faster) or
-            'pycocotools' (``rcnn_det.cocoeval``).
+        backend: 'hotcoco' (default; the same numbers as pycocotools, many times faster;
+            on Python 3.9, which hotcoco has no wheel for, 'pycocotools') or 'pycocotools'
+            (``rcnn_det.cocoeval``).
     """
     default_prefix: str | None = 'coco'
 
