@@ -91,3 +91,36 @@ def test_tta_with_the_default_flip(config, tmp_path, tiny_shapes_root):
     for result in results:
         boxes = result['pred_instances']['bboxes']
         assert len(boxes) > 0 and (boxes[:, 2] <= 128 + 1e-3).all()  # the original width
+
+
+MULTI_SCALE_FLIP = """
+tta_model = dict(type='DetTTAModel', tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5),
+                                                  max_per_img=100))
+tta_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='TestTimeAug', transforms=[
+        [dict(type='Resize', scale=(160, 160), keep_ratio=True),
+         dict(type='Resize', scale=(256, 256), keep_ratio=True)],
+        [dict(type='RandomFlip', prob=1.0), dict(type='RandomFlip', prob=0.0)],
+        [dict(type='LoadAnnotations', with_bbox=True)],
+        [dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                                               'scale_factor', 'flip', 'flip_direction'))]])]
+"""
+
+
+def test_two_scales_and_a_flip_from_the_config(tmp_path, tiny_shapes_root):
+    """Four views per image (two scales, flipped and not), merged into one prediction each."""
+    cfg = write_tiny_demo_config(tmp_path / 'tiny.py', tiny_shapes_root, extra=MULTI_SCALE_FLIP)
+    checkpoint = tmp_path / 'model.pth'
+    torch.manual_seed(0)
+    torch.save({'state_dict': init_detector(cfg).state_dict(), 'meta': {}}, checkpoint)
+    log = run_tool([PYTHON, str(REPO_ROOT / 'tools/test.py'), str(cfg), str(checkpoint),
+                    '--work-dir', str(tmp_path / 'work'), '--tta', '--out', 'tta.pkl'],
+                   cwd=tmp_path).stdout
+    assert 'using DetTTAModel' not in log and re.search(r'coco/bbox_mAP: -?[0-9.]+', log)
+    results = pickle.load(open(tmp_path / 'tta.pkl', 'rb'))
+    assert len(results) == 4
+    for result in results:
+        pred = result['pred_instances']
+        assert 0 < len(pred['scores']) <= 100
+        assert (pred['scores'][:-1] >= pred['scores'][1:]).all()   # merged: one list, best first
