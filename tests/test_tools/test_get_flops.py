@@ -19,6 +19,7 @@ TOOL = REPO_ROOT / 'tools' / 'analysis_tools' / 'get_flops.py'
 
 def load_tool():
     """tools/analysis_tools/get_flops.py as a module."""
+    sys.path.insert(0, str(TOOL.parent))   # the tool imports benchmark.py next to it
     spec = importlib.util.spec_from_file_location('get_flops_tool', TOOL)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module   # dataclasses look their module up there

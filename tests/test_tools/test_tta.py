@@ -43,6 +43,13 @@ def test_flipped_predictions_are_brought_back_and_merged_by_class():
     assert merged.labels.tolist() == [0, 0, 1]
 
 
+def random_checkpoint(config, path):
+    """A checkpoint of the config's model with random weights (seed 0)."""
+    torch.manual_seed(0)
+    torch.save({'state_dict': init_detector(config).state_dict(), 'meta': {}}, path)
+    return path
+
+
 ONE_VIEW = """
 tta_model = dict(type='DetTTAModel', tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.99),
                                                   max_per_img=100))
@@ -59,9 +66,7 @@ tta_pipeline = [
 
 def test_one_view_tta_equals_the_plain_test(tmp_path, tiny_shapes_root):
     cfg = write_tiny_demo_config(tmp_path / 'tiny.py', tiny_shapes_root, extra=ONE_VIEW)
-    checkpoint = tmp_path / 'model.pth'
-    torch.manual_seed(0)
-    torch.save({'state_dict': init_detector(cfg).state_dict(), 'meta': {}}, checkpoint)
+    checkpoint = random_checkpoint(cfg, tmp_path / 'model.pth')
     outputs = {}
     for name, extra in (('plain', []), ('tta', ['--tta'])):
         run_tool([PYTHON, str(REPO_ROOT / 'tools/test.py'), str(cfg), str(checkpoint),
@@ -79,9 +84,7 @@ def test_one_view_tta_equals_the_plain_test(tmp_path, tiny_shapes_root):
                          ids=['faster_rcnn', 'atss', 'deformable_detr'])
 def test_tta_with_the_default_flip(config, tmp_path, tiny_shapes_root):
     cfg = write_tiny_demo_config(tmp_path / 'tiny.py', tiny_shapes_root, base=config)
-    checkpoint = tmp_path / 'model.pth'
-    torch.manual_seed(0)
-    torch.save({'state_dict': init_detector(cfg).state_dict(), 'meta': {}}, checkpoint)
+    checkpoint = random_checkpoint(cfg, tmp_path / 'model.pth')
     log = run_tool([PYTHON, str(REPO_ROOT / 'tools/test.py'), str(cfg), str(checkpoint),
                     '--work-dir', str(tmp_path / 'work'), '--tta', '--out', 'tta.pkl'],
                    cwd=tmp_path).stdout
@@ -111,9 +114,7 @@ tta_pipeline = [
 def test_two_scales_and_a_flip_from_the_config(tmp_path, tiny_shapes_root):
     """Four views per image (two scales, flipped and not), merged into one prediction each."""
     cfg = write_tiny_demo_config(tmp_path / 'tiny.py', tiny_shapes_root, extra=MULTI_SCALE_FLIP)
-    checkpoint = tmp_path / 'model.pth'
-    torch.manual_seed(0)
-    torch.save({'state_dict': init_detector(cfg).state_dict(), 'meta': {}}, checkpoint)
+    checkpoint = random_checkpoint(cfg, tmp_path / 'model.pth')
     log = run_tool([PYTHON, str(REPO_ROOT / 'tools/test.py'), str(cfg), str(checkpoint),
                     '--work-dir', str(tmp_path / 'work'), '--tta', '--out', 'tta.pkl'],
                    cwd=tmp_path).stdout

@@ -28,6 +28,7 @@ from typing import Callable
 import torch
 from mmengine.config import Config, DictAction
 from mmengine.logging import MMLogger
+from mmengine.registry import DefaultScope
 from mmengine.structures import InstanceData
 
 from rcnn_det.registry import MODELS
@@ -100,12 +101,13 @@ def median_step_times(steps: dict[str, Callable[[], None]], iters: int, warmup: 
 
 
 def build_model(cfg: Config, device: torch.device) -> torch.nn.Module:
-    """The config's model with random weights (nothing read from disk)."""
-    model_cfg = cfg.model
-    if model_cfg.backbone.get('init_cfg', None) is not None:
-        model_cfg.backbone.init_cfg = None
-    model = MODELS.build(model_cfg).to(device)
-    MMLogger.get_current_instance().setLevel(logging.WARNING)
+    """The config's model on ``device`` with random weights (nothing read from disk); also
+    get_flops.py's."""
+    if (cfg.model.get('backbone') or {}).get('init_cfg') is not None:
+        cfg.model.backbone.init_cfg = None
+    with DefaultScope.overwrite_default_scope(cfg.get('default_scope') or 'rcnn_det'):
+        model = MODELS.build(cfg.model).to(device)
+    MMLogger.get_current_instance().setLevel(logging.WARNING)   # mmengine's per-parameter log
     model.init_weights()
     return model
 

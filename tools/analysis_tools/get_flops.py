@@ -34,22 +34,20 @@ the random image produced, usually ``max_per_img``.
 from __future__ import annotations
 
 import argparse
-import logging
 import re
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from mmengine.config import Config, DictAction
-from mmengine.logging import MMLogger
-from mmengine.registry import DefaultScope
 from torch import nn
 from torch.nn.modules.module import (register_module_forward_hook,
                                      register_module_forward_pre_hook)
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from rcnn_det.registry import MODELS
+from benchmark import build_model  # the detector benchmark next to this script
+
 from rcnn_det.structures import DetDataSample
 
 # Ops that do arithmetic beyond elementwise work: when one of them runs without a formula in the
@@ -166,17 +164,6 @@ def count_parameters(model: nn.Module) -> dict[str, tuple[int, int]]:
     return counts
 
 
-def build_model(cfg: Config) -> nn.Module:
-    """The config's model on the CPU with random weights (nothing read from disk), eval mode."""
-    if (cfg.model.get('backbone') or {}).get('init_cfg') is not None:
-        cfg.model.backbone.init_cfg = None
-    with DefaultScope.overwrite_default_scope(cfg.get('default_scope') or 'rcnn_det'):
-        model = MODELS.build(cfg.model)
-    MMLogger.get_current_instance().setLevel(logging.WARNING)   # mmengine's per-parameter log
-    model.init_weights()
-    return model.eval()
-
-
 def random_input(model: nn.Module, shape: tuple[int, int]) -> dict[str, Any]:
     """One random uint8 image of ``shape`` (H, W) through the model's data preprocessor:
     dict(inputs=(1, 3, H', W') float, data_samples=[DetDataSample]) with H', W' >= H, W."""
@@ -243,7 +230,7 @@ def main() -> None:
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     torch.manual_seed(0)
-    model = build_model(cfg)
+    model = build_model(cfg, torch.device('cpu')).eval()
     data = random_input(model, shape)
     flops = count_flops(model, data['inputs'], data['data_samples'], mode='predict')
     print_report(args.config, model, data, flops, count_parameters(model))
